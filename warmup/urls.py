@@ -1,0 +1,3 @@
+"""The portal's API (v1): monitoring, statistics, plan actions, forecast, MTA configuration."""
+
+urlpatterns: list = []

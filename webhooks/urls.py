@@ -1,0 +1,3 @@
+"""Ingestion endpoints, one per source (PRODUCT.md section 6)."""
+
+urlpatterns: list = []
