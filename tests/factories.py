@@ -7,7 +7,8 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from domains.models import IP, Domain, Tenant
-from warmup.models import DailyStat, WarmupPlan
+from warmup.models import Alert, AuditEvent, DailyStat, WarmupPlan
+from webhooks.models import DeadLetter
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -69,3 +70,86 @@ class DailyStatFactory(factory.django.DjangoModelFactory):
     sent = 100
     delivered = factory.LazyAttribute(lambda s: s.sent - s.bounced)
     bounced = 0
+
+
+class AuditEventFactory(factory.django.DjangoModelFactory):
+    """A system event of a plan; pass kind, date and the to_phase/to_status it set."""
+
+    class Meta:
+        model = AuditEvent
+
+    plan = factory.SubFactory(WarmupPlanFactory)
+    date = factory.LazyFunction(lambda: timezone.now().date())
+    created_at = factory.LazyFunction(timezone.now)
+    kind = AuditEvent.Kind.STARTED
+    to_phase = "week_1"
+    to_status = "warming"
+
+
+_IP_STATUS_OF_PLAN = {"scheduled": "pending", "warming": "warming", "paused": "paused", "completed": "active"}
+
+
+def plan_in_state(
+    status: str = "warming",
+    *,
+    tenant=None,
+    address: str | None = None,
+    domain=None,
+    hostname: str = "",
+    mta_source_name: str = "",
+    today: dt.date | None = None,
+    **plan_fields,
+) -> WarmupPlan:
+    """An IP with its plan as the engine would have left it, built without running the engine.
+
+    `status` is the plan's: "scheduled" (IP pending, starting in 7 days), "warming" (IP warming, pass
+    `phase`; ticked today), "paused" (IP paused; pass `paused_until`, None: needs attention),
+    "completed" (IP active at weight 100, completed after 42 days). Other plan fields override these.
+    """
+    today = today or timezone.now().date()
+    ip_fields = {"status": _IP_STATUS_OF_PLAN[status], "hostname": hostname, "mta_source_name": mta_source_name}
+    ip_fields["weight"] = 100 if status == "completed" else 0
+    if address:
+        ip_fields["address"] = address
+    if domain is not None:
+        ip_fields["domain"] = domain
+    elif tenant is not None:
+        ip_fields["domain__tenant"] = tenant
+    ip = IPFactory(**ip_fields)
+    fields = {"status": status, "start_date": today - dt.timedelta(days=10), "last_ticked_date": today}
+    if status == "scheduled":
+        fields.update(start_date=today + dt.timedelta(days=7), last_ticked_date=None)
+    elif status == "completed":
+        fields.update(phase="completed", start_date=today - dt.timedelta(days=60))
+    elif status == "paused":
+        fields.update(pause_reason="bounce rate over the threshold")
+    fields.update(plan_fields)
+    if status == "completed":
+        fields.setdefault("completed_on", fields["start_date"] + dt.timedelta(days=42))
+    return WarmupPlanFactory(ip=ip, **fields)
+
+
+class AlertFactory(factory.django.DjangoModelFactory):
+    """A recorded alert about an IP (its tenant follows the IP)."""
+
+    class Meta:
+        model = Alert
+
+    ip = factory.SubFactory(IPFactory)
+    tenant = factory.SelfAttribute("ip.tenant")
+    kind = Alert.Kind.PAUSED
+    message = factory.LazyAttribute(lambda a: f"{a.ip.address} paused: bounce rate 7.0% > 5.0%")
+    created_at = factory.LazyFunction(timezone.now)
+
+
+class DeadLetterFactory(factory.django.DjangoModelFactory):
+    """An unattributed event kept for re-processing."""
+
+    class Meta:
+        model = DeadLetter
+
+    tenant = factory.SubFactory(TenantFactory)
+    source = "events"
+    reason = DeadLetter.Reason.UNKNOWN_IP
+    error = "IP not known to the tenant"
+    raw = factory.LazyFunction(lambda: {"type": "delivered", "ip": "192.0.2.1"})

@@ -1,17 +1,292 @@
 """Operator alerts: recorded in the database, delivered to Telegram after the transaction commits.
 
-INTERFACE (the engine calls this; delivery is implemented by the operator-surface work):
+`raise_alert` always records an `Alert`. Delivery waits for `transaction.on_commit`, so a tick that
+rolls back sends nothing, and it never raises into the caller: its outcome (sent, failed,
+not_configured, dry_run) is written on the alert. With WARMUP_DRY_RUN nothing leaves; without a bot
+token or chat the alert is logged instead.
 
-    def raise_alert(kind: Alert.Kind, *, tenant, message: str, ip=None, figures=None, when=None) -> Alert
+The engine writes its own message text; the `*_message` helpers here give every alert the same shape,
+"<icon> <decision> <ip> (<domain>, <tenant>): <figures>; <consequence>". The non-plan alerts
+(consolidation failure, unattributed spike, quota overrun) are built here too.
 """
 
+import logging
+import zoneinfo
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime
+from functools import partial
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from .models import Alert
+from domains.models import IP, Tenant
+
+from . import telegram
+from .models import Alert, AuditEvent, DailyStat, WarmupPlan
+
+logger = logging.getLogger(__name__)
+
+ICONS = {
+    Alert.Kind.PAUSED: "⏸",
+    Alert.Kind.RESUMED: "▶",
+    Alert.Kind.ROLLED_BACK: "↩",
+    Alert.Kind.COMPLETED: "✅",
+    Alert.Kind.NEEDS_ATTENTION: "🛑",
+    Alert.Kind.REWARMED: "🔁",
+    Alert.Kind.CONSOLIDATION_FAILED: "❌",
+    Alert.Kind.UNATTRIBUTED_SPIKE: "❓",
+    Alert.Kind.QUOTA_OVERRUN: "🚦",
+    Alert.Kind.MANUAL: "✋",
+}
 
 
-def raise_alert(kind, *, tenant, message: str, ip=None, figures=None, when=None) -> Alert:
-    """Record an alert. (Delivery to Telegram is added by the alerts work.)"""
-    return Alert.objects.create(
-        kind=kind, tenant=tenant, ip=ip, message=message, figures=figures or {}, created_at=when or timezone.now()
+# --- Recording and delivery --------------------------------------------------------------------------
+
+
+def raise_alert(
+    kind: Alert.Kind,
+    *,
+    tenant: Tenant | None,
+    message: str,
+    ip: IP | None = None,
+    figures: Mapping | None = None,
+    when: datetime | None = None,
+) -> Alert:
+    """Record an alert and deliver it to Telegram once the current transaction commits."""
+    chat_id = (tenant.telegram_chat_id if tenant is not None else "") or settings.TELEGRAM_CHAT_ID
+    if settings.WARMUP_DRY_RUN:
+        delivery = Alert.Delivery.DRY_RUN
+    elif not settings.TELEGRAM_BOT_TOKEN or not chat_id:
+        delivery = Alert.Delivery.NOT_CONFIGURED
+    else:
+        delivery = Alert.Delivery.PENDING
+    alert = Alert.objects.create(
+        kind=kind,
+        tenant=tenant,
+        ip=ip,
+        message=message,
+        figures=dict(figures or {}),
+        created_at=when or timezone.now(),
+        delivery=delivery,
+        chat_id=chat_id,
     )
+    if delivery == Alert.Delivery.NOT_CONFIGURED:
+        logger.warning("Alert (Telegram not configured: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID): %s", message)
+    elif delivery == Alert.Delivery.DRY_RUN:
+        logger.info("Alert (dry run, not sent): %s", message)
+    else:
+        transaction.on_commit(partial(deliver, alert))
+    return alert
+
+
+def deliver(alert: Alert) -> Alert:
+    """Send one recorded alert to its chat and write the outcome on it. Never raises."""
+    try:
+        telegram.send_message(alert.message, chat_id=alert.chat_id)
+    except Exception as exc:  # a failed alert must never break the tick that raised it
+        alert.delivery = Alert.Delivery.FAILED
+        alert.delivery_error = str(exc)[:2000]
+        alert.sent_at = None
+        logger.error("Alert %s could not be delivered to Telegram: %s", alert.pk, alert.delivery_error)
+    else:
+        alert.delivery = Alert.Delivery.SENT
+        alert.delivery_error = ""
+        alert.sent_at = timezone.now()
+    try:
+        Alert.objects.filter(pk=alert.pk).update(
+            delivery=alert.delivery, delivery_error=alert.delivery_error, sent_at=alert.sent_at
+        )
+    except Exception:  # the database may be the very thing that failed
+        logger.exception("Could not record the delivery outcome of alert %s", alert.pk)
+    return alert
+
+
+# --- Message helpers -----------------------------------------------------------------------------------
+
+
+def subject(ip: IP) -> str:
+    """'45.123.10.2 (mail2.sos-mail.com, SOS-Expat)': the IP with its domain and tenant."""
+    return f"{ip.address} ({ip.domain.name}, {ip.tenant.name})"
+
+
+def headline(kind: Alert.Kind, decision: str, ip: IP) -> str:
+    return f"{ICONS.get(kind, '•')} {decision} {subject(ip)}"
+
+
+def _window(first: date | None, last: date | None) -> str:
+    return f" ({first.isoformat()}..{last.isoformat()})" if first and last else ""
+
+
+def bounce_figures(
+    *, rate: float, threshold: float, sent: int, first: date | None = None, last: date | None = None
+) -> str:
+    """'bounce rate 8.00% > 5.00% over 200 sent (2026-12-22..2026-12-22)'."""
+    return f"bounce rate {rate:.2f}% > {threshold:.2f}% over {sent:,} sent{_window(first, last)}"
+
+
+def complaint_figures(
+    *,
+    rate: float,
+    threshold: float,
+    complaints: int,
+    delivered: int,
+    first: date | None = None,
+    last: date | None = None,
+) -> str:
+    """'complaint rate 0.30% > 0.10% (3 complaints over 1,000 delivered) (2026-12-20..2026-12-22)'."""
+    return (
+        f"complaint rate {rate:.2f}% > {threshold:.2f}% ({complaints:,} complaints over {delivered:,} delivered)"
+        f"{_window(first, last)}"
+    )
+
+
+def _local(moment: datetime, zone_name: str) -> str:
+    return f"{timezone.localtime(moment, timezone=zoneinfo.ZoneInfo(zone_name)):%Y-%m-%d %H:%M} {zone_name}"
+
+
+def pause_message(
+    ip: IP, *, figures: str, from_phase: str = "", to_phase: str = "", until: datetime | None = None
+) -> str:
+    """The automatic pause: the figures, the rollback and when it ends (or that a person must act)."""
+    parts = [f"{headline(Alert.Kind.PAUSED, 'Paused', ip)}: {figures}"]
+    if from_phase and to_phase and from_phase != to_phase:
+        parts.append(f"rolled back {from_phase} -> {to_phase}")
+    parts.append(f"resumes {_local(until, ip.tenant.time_zone)}" if until else "waits for a person to resume it")
+    return "; ".join(parts)
+
+
+def needs_attention_message(ip: IP, *, figures: str, auto_pauses: int) -> str:
+    return (
+        f"{headline(Alert.Kind.NEEDS_ATTENTION, 'Needs attention', ip)}: {figures}; "
+        f"paused with no end after {auto_pauses} automatic pauses, resume it from the admin once the cause is fixed"
+    )
+
+
+def resume_message(ip: IP, *, phase: str, quota: int) -> str:
+    return f"{headline(Alert.Kind.RESUMED, 'Resumed', ip)}: back to warming in {phase}, quota {quota:,}/day"
+
+
+def rollback_message(ip: IP, *, from_phase: str, to_phase: str, quota: int, reason: str = "") -> str:
+    text = f"{headline(Alert.Kind.ROLLED_BACK, 'Rolled back', ip)}: {from_phase} -> {to_phase}, quota {quota:,}/day"
+    return f"{text}; {reason}" if reason else text
+
+
+def completed_message(ip: IP, *, days: int, quota: int) -> str:
+    return f"{headline(Alert.Kind.COMPLETED, 'Warmup completed', ip)}: ACTIVE after {days} days, quota {quota:,}/day"
+
+
+def rewarm_message(ip: IP, *, idle_days: int, phase: str, quota: int) -> str:
+    return (
+        f"{headline(Alert.Kind.REWARMED, 'Re-warming', ip)}: no mail sent for {idle_days} days; "
+        f"back to {phase}, quota {quota:,}/day"
+    )
+
+
+# --- Alerts that no plan decision raises ---------------------------------------------------------------
+
+
+def alert_consolidation_failed(
+    error: BaseException | str, *, tenant: Tenant | None = None, when: datetime | None = None
+) -> Alert:
+    """Consolidation raised: the day's figures are not in the daily stats and the tick cannot judge them."""
+    text = str(error) or type(error).__name__
+    message = (
+        f"{ICONS[Alert.Kind.CONSOLIDATION_FAILED]} Consolidation failed"
+        f"{f' ({tenant.name})' if tenant else ''}: {text}; the daily stats are behind until it succeeds"
+    )
+    return raise_alert(
+        Alert.Kind.CONSOLIDATION_FAILED, tenant=tenant, message=message, figures={"error": text[:1000]}, when=when
+    )
+
+
+def alert_unattributed_spike(
+    tenant: Tenant,
+    *,
+    count: int,
+    since: datetime,
+    threshold: int,
+    examples: Iterable[str] = (),
+    when: datetime | None = None,
+) -> Alert:
+    """Many events could not be credited to an IP (a new IP not entered, a wrong MTA source name...)."""
+    sample = ", ".join(list(examples)[:5])
+    message = (
+        f"{ICONS[Alert.Kind.UNATTRIBUTED_SPIKE]} Unattributed events ({tenant.name}): {count:,} since "
+        f"{_local(since, tenant.time_zone)} (threshold {threshold:,}); kept as dead letters, re-process them "
+        f"once the IPs exist{f'; e.g. {sample}' if sample else ''}"
+    )
+    figures = {"count": count, "since": since.isoformat(), "threshold": threshold, "examples": sample}
+    return raise_alert(Alert.Kind.UNATTRIBUTED_SPIKE, tenant=tenant, message=message, figures=figures, when=when)
+
+
+def quota_in_force(plan: WarmupPlan, *, to_status: str | None, to_phase: str | None, has_events: bool) -> int:
+    """The quota a plan allowed on a day, from the last audit event that took effect on or before it.
+
+    A plan with no audit event at all (imported, or made before events were kept) has only its current
+    state to go by; one whose events all come later had not started that day.
+    """
+    if to_status is None:
+        return 0 if has_events else plan.daily_quota
+    if to_status == WarmupPlan.Status.COMPLETED:
+        return plan.target_quota
+    if to_status != WarmupPlan.Status.WARMING:
+        return 0
+    if not to_phase or to_phase == WarmupPlan.Phase.COMPLETED:
+        return plan.target_quota
+    index = int(to_phase.removeprefix("week_")) - 1
+    return plan.steps[min(max(index, 0), len(plan.steps) - 1)]
+
+
+def check_quota_overruns(day: date, *, when: datetime | None = None) -> list[Alert]:
+    """Alert for every IP whose consolidated `sent` on `day` exceeds its quota by WARMUP_QUOTA_OVERRUN_FACTOR.
+
+    Such an IP shows that the MTA is not enforcing the plan. The quota is the one in force that day (from
+    the plan's audit events), not today's. Days with a quota of 0 (paused, not started) are left out: the
+    pause takes effect at 01:00, so a little mail before it is expected. Idempotent: an IP-day alerted
+    once is not alerted again. A fixed number of queries whatever the number of IPs.
+    """
+    factor = settings.WARMUP_QUOTA_OVERRUN_FACTOR
+    # Audit events of a date take effect at that date's tick, so they govern the whole day.
+    last_event = AuditEvent.objects.filter(plan=OuterRef("ip__plan"), date__lte=day).order_by(
+        "-date", "-created_at", "-id"
+    )
+    any_event = AuditEvent.objects.filter(plan=OuterRef("ip__plan")).values("id")[:1]
+    stats = (
+        DailyStat.objects.filter(date=day, sent__gt=0, ip__plan__isnull=False)
+        .select_related("ip__plan", "ip__domain", "ip__tenant")
+        .annotate(
+            event_to_status=Subquery(last_event.values("to_status")[:1]),
+            event_to_phase=Subquery(last_event.values("to_phase")[:1]),
+            first_event_id=Subquery(any_event),
+        )
+        .order_by("ip__address")
+    )
+    already = set(
+        Alert.objects.filter(kind=Alert.Kind.QUOTA_OVERRUN, figures__date=day.isoformat()).values_list(
+            "ip_id", flat=True
+        )
+    )
+    alerts = []
+    for stat in stats:
+        ip = stat.ip
+        quota = quota_in_force(
+            ip.plan,
+            to_status=stat.event_to_status,
+            to_phase=stat.event_to_phase,
+            has_events=stat.first_event_id is not None,
+        )
+        if quota <= 0 or stat.sent <= quota * factor or ip.pk in already:
+            continue
+        share = stat.sent * 100.0 / quota
+        message = (
+            f"{headline(Alert.Kind.QUOTA_OVERRUN, 'Quota overrun', ip)}: sent {stat.sent:,} on {day.isoformat()} "
+            f"against a quota of {quota:,} ({share:.0f}%, limit {factor * 100:.0f}%); the MTA is not enforcing "
+            f"the plan, check its configuration"
+        )
+        figures = {"date": day.isoformat(), "sent": stat.sent, "quota": quota, "percent_of_quota": round(share, 2)}
+        alerts.append(
+            raise_alert(Alert.Kind.QUOTA_OVERRUN, tenant=ip.tenant, ip=ip, message=message, figures=figures, when=when)
+        )
+    return alerts

@@ -1,12 +1,242 @@
 """Consolidation: moves every finished day's counters into DailyStat, exactly once.
 
-INTERFACE (implemented by the counting-pipeline work):
+A day is finished once it is over in its tenant's zone; every such day is moved, not only yesterday,
+because late opens and asynchronous bounces land on old dates. Each increment reaches `DailyStat` once,
+even if consolidation is killed at any instant and run again, and while increments keep arriving:
 
-    def consolidate(now: datetime | None = None) -> ConsolidationReport
-        # every IP-day before today in its tenant's zone; idempotent; safe to run concurrently
+- Redis: each finished IP-day's hash is renamed to a batch key in the same slot and the batch is
+  recorded in an in-flight set (one atomic script). The batches are read, then ONE database transaction
+  writes their ids to the `ConsolidationBatch` ledger and adds their figures to `DailyStat`; only after
+  the commit are the batch keys deleted. A later run finds the leftovers of a killed one in the in-flight
+  set: those in the ledger are deleted, the others applied.
+- Database: the finished `CounterCell` rows are locked, added to `DailyStat` and deleted in one
+  transaction.
+
+Everything is done in bulk (a constant number of queries and round trips for any number of IP-days).
+Runs exclude one another with a PostgreSQL advisory lock (SQLite allows a single writer anyway).
 """
 
+from __future__ import annotations
 
-def consolidate(now=None):
-    """Placeholder until the counting pipeline lands: nothing to consolidate yet."""
-    return None
+import logging
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from domains.models import IP, Tenant
+
+from .counters import COUNTERS, Batch, DatabaseCounterStore, RedisCounterStore, get_store, split_field
+from .models import ConsolidationBatch, CounterCell, DailyStat
+
+logger = logging.getLogger(__name__)
+
+LOCK_ID = zlib.crc32(b"warmup.consolidation")  # the PostgreSQL advisory lock of consolidation runs
+CHUNK = 5000  # IP-days per transaction: keeps statements under the databases' parameter limits
+_COUNTER_SET = frozenset(COUNTERS)
+
+
+@dataclass
+class ConsolidationReport:
+    ip_days: int = 0  # IP-days added to DailyStat
+    increments: int = 0  # sum of the counter values moved
+    recovered: int = 0  # batches left by an interrupted run and finished by this one
+
+    def __str__(self) -> str:
+        text = f"{self.ip_days} IP-days consolidated ({self.increments} counted)"
+        return text + (f", {self.recovered} interrupted batches recovered" if self.recovered else "")
+
+
+def consolidate(now: datetime | None = None, store=None) -> ConsolidationReport:
+    """Move every finished IP-day of the counter store into DailyStat; idempotent and exactly-once."""
+    now = now or timezone.now()
+    store = store or get_store()
+    if isinstance(store, RedisCounterStore):
+        with _session_lock():
+            return _consolidate_redis(store, now)
+    if isinstance(store, DatabaseCounterStore):
+        return _consolidate_database(now)
+    raise TypeError(f"cannot consolidate a {type(store).__name__}")
+
+
+def checkpoint(step: str) -> None:
+    """A named point between two steps; does nothing. The crash tests kill the process here."""
+
+
+# --- Redis -----------------------------------------------------------------------------------------
+
+
+def _consolidate_redis(store: RedisCounterStore, now: datetime) -> ConsolidationReport:
+    report = ConsolidationReport()
+    leftovers = store.in_flight()
+    if leftovers:
+        applied = set(
+            ConsolidationBatch.objects.filter(batch_id__in=[b.batch_id for b in leftovers]).values_list(
+                "batch_id", flat=True
+            )
+        )
+        store.forget_batches([b for b in leftovers if b.batch_id in applied])
+        checkpoint("leftovers_forgotten")
+        unapplied = [b for b in leftovers if b.batch_id not in applied]
+        report.recovered = len(leftovers)
+        _apply_batches(store, unapplied, _ip_zones({b.ip_id for b in unapplied}), report)
+
+    pending = store.pending_ip_days()
+    zones = _ip_zones({ip_id for ip_id, _ in pending})
+    todays = _todays(zones.values(), now)
+    # An IP deleted since its events were counted has nowhere to go: its days are claimed and dropped.
+    finished = [(ip_id, day) for ip_id, day in pending if ip_id not in zones or day < todays[zones[ip_id]]]
+    batches = store.claim(finished)
+    checkpoint("claimed")
+    _apply_batches(store, batches, zones, report)
+    return report
+
+
+def _apply_batches(store: RedisCounterStore, batches: list[Batch], zones: dict, report: ConsolidationReport) -> None:
+    for start in range(0, len(batches), CHUNK):
+        chunk = batches[start : start + CHUNK]
+        figures: dict[tuple[int, date], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for batch, fields in zip(chunk, store.read_batches(chunk), strict=True):
+            if batch.ip_id not in zones:
+                logger.warning("Dropping counts of deleted IP #%s on %s: %s", batch.ip_id, batch.day, fields)
+                continue
+            for field, value in fields.items():
+                figures[(batch.ip_id, batch.day)][field] += value
+        checkpoint("read")
+        with transaction.atomic():
+            ConsolidationBatch.objects.bulk_create(
+                [
+                    ConsolidationBatch(batch_id=b.batch_id, ip_id=b.ip_id if b.ip_id in zones else None, date=b.day)
+                    for b in chunk
+                ]
+            )
+            _add_to_daily_stats(figures, report)
+            checkpoint("written")
+            # After the commit (of the outermost transaction, when a caller holds one): had the
+            # transaction rolled back, the batches would stay in flight and be applied next time.
+            transaction.on_commit(lambda chunk=chunk: _forget(store, chunk))
+
+
+def _forget(store: RedisCounterStore, batches: list[Batch]) -> None:
+    checkpoint("committed")
+    store.forget_batches(batches)
+    checkpoint("forgotten")
+
+
+# --- Database ----------------------------------------------------------------------------------------
+
+
+def _consolidate_database(now: datetime) -> ConsolidationReport:
+    report = ConsolidationReport()
+    todays = _todays(Tenant.objects.values_list("time_zone", flat=True).distinct(), now)
+    if not todays:
+        return report
+    with transaction.atomic():
+        _transaction_lock()
+        cells = (
+            CounterCell.objects.select_for_update(of=("self",))
+            .filter(date__lt=max(todays.values()))
+            .values_list("id", "ip_id", "date", "field", "value", "ip__tenant__time_zone")
+        )
+        figures: dict[tuple[int, date], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        moved = []
+        for cell_id, ip_id, day, field, value, zone in cells:
+            if day < todays[zone]:
+                figures[(ip_id, day)][field] += value
+                moved.append(cell_id)
+        checkpoint("read")
+        keys = list(figures)
+        for start in range(0, len(keys), CHUNK):
+            _add_to_daily_stats({key: figures[key] for key in keys[start : start + CHUNK]}, report)
+        checkpoint("written")
+        for start in range(0, len(moved), CHUNK):
+            CounterCell.objects.filter(id__in=moved[start : start + CHUNK]).delete()
+        checkpoint("deleted")
+    checkpoint("committed")
+    return report
+
+
+# --- Shared --------------------------------------------------------------------------------------------
+
+
+def _add_to_daily_stats(figures: Mapping[tuple[int, date], Mapping[str, int]], report: ConsolidationReport) -> None:
+    """Add per-field figures ("sent:gmail" -> n) of IP-days to their DailyStat rows, in bulk."""
+    if not figures:
+        return
+    existing = {
+        (stat.ip_id, stat.date): stat
+        for stat in DailyStat.objects.select_for_update().filter(
+            ip_id__in={ip_id for ip_id, _ in figures}, date__in={day for _, day in figures}
+        )
+    }
+    rows = []
+    for (ip_id, day), fields in figures.items():
+        stat = existing.get((ip_id, day)) or DailyStat(ip_id=ip_id, date=day, by_provider={})
+        by_provider = stat.by_provider if isinstance(stat.by_provider, dict) else {}
+        for field, value in fields.items():
+            counter, provider = split_field(field)
+            if counter not in _COUNTER_SET or not value:
+                continue
+            setattr(stat, counter, getattr(stat, counter) + value)
+            per_provider = by_provider.setdefault(provider, {})
+            per_provider[counter] = per_provider.get(counter, 0) + value
+            report.increments += value
+        stat.by_provider = by_provider
+        rows.append(stat)
+    # The rows are locked (or absent, and consolidation runs one at a time): whole values are safe to
+    # write back, which lets by_provider be merged in Python rather than in dialect-specific SQL.
+    DailyStat.objects.bulk_create(
+        rows,
+        batch_size=1000,
+        update_conflicts=True,
+        unique_fields=["ip", "date"],
+        update_fields=[*COUNTERS, "by_provider", "updated_at"],
+    )
+    report.ip_days += len(rows)
+
+
+def _ip_zones(ip_ids: Iterable[int]) -> dict[int, str]:
+    """Each existing IP's tenant time zone."""
+    ip_ids = list(ip_ids)
+    zones: dict[int, str] = {}
+    for start in range(0, len(ip_ids), CHUNK):
+        zones.update(IP.objects.filter(id__in=ip_ids[start : start + CHUNK]).values_list("id", "tenant__time_zone"))
+    return zones
+
+
+def _todays(zones: Iterable[str], now: datetime) -> dict[str, date]:
+    """Today's date in each of the zones."""
+    return {zone: now.astimezone(ZoneInfo(zone)).date() for zone in set(zones)}
+
+
+@contextmanager
+def _session_lock() -> Iterator[None]:
+    """One consolidation at a time (PostgreSQL; released by the server if the process dies)."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [LOCK_ID])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_ID])
+
+
+def _transaction_lock() -> None:
+    """Serialise consolidation runs for the rest of the transaction."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_ID])
+        else:
+            # SQLite: take the write lock now rather than upgrade a read lock later, which would fail
+            # with "database is locked" as soon as a counter write is waiting.
+            table = connection.ops.quote_name(CounterCell._meta.db_table)
+            cursor.execute(f"UPDATE {table} SET value = value WHERE 1 = 0")

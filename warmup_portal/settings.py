@@ -31,7 +31,8 @@ if not DEBUG and not ALLOWED_HOSTS:
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    # The admin with the portal's dashboard and "add domain with IP" pages (warmup_portal/admin.py).
+    "warmup_portal.admin.PortalAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -40,6 +41,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "django_celery_beat",
     "axes",
     "domains",
@@ -134,6 +136,9 @@ CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# Preloading is a near-irreversible commitment for the whole domain, so it is the operator's choice;
+# without it, `check --deploy` would warn (W021) on every installation.
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
@@ -161,6 +166,10 @@ SPECTACULAR_SETTINGS = {
     "and event ingestion.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI served from the installed drf-spectacular-sidecar package, not from a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Counters, broker, Celery --------------------------------------------------------------------
@@ -235,6 +244,10 @@ TELEGRAM_CHAT_ID = env.str("TELEGRAM_CHAT_ID", default="")
 TELEGRAM_API_URL = env.str("TELEGRAM_API_URL", default="https://api.telegram.org")
 TELEGRAM_TIMEOUT_SECONDS = env.float("TELEGRAM_TIMEOUT_SECONDS", default=5.0)
 TELEGRAM_MAX_ATTEMPTS = env.int("TELEGRAM_MAX_ATTEMPTS", default=3)
+# A 429's retry_after is honoured up to this many seconds, so that a flood limit cannot stall a tick.
+TELEGRAM_RETRY_AFTER_MAX_SECONDS = env.float("TELEGRAM_RETRY_AFTER_MAX_SECONDS", default=30.0)
+# First wait after a connection error or a 5xx, doubled on each further attempt.
+TELEGRAM_RETRY_BACKOFF_SECONDS = env.float("TELEGRAM_RETRY_BACKOFF_SECONDS", default=1.0)
 
 # --- Webhooks, retention, metrics ------------------------------------------------------------------
 

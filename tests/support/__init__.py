@@ -1,0 +1,67 @@
+"""Helpers for tests that run parts of the portal in real subprocesses (workers, crash tests)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+def database_url() -> str:
+    """A DATABASE_URL naming the test database this session uses, so subprocesses share it."""
+    s = connection.settings_dict
+    if s["ENGINE"] != "django.db.backends.postgresql":
+        raise RuntimeError("subprocess tests need the PostgreSQL test database")
+    credentials = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
+    return f"postgres://{credentials}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(),
+        REDIS_URL=settings.REDIS_URL,
+        DJANGO_SETTINGS_MODULE="warmup_portal.settings",
+        PYTHONPATH=str(BASE_DIR),
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("TEST_DATABASE_NAME", None)
+    env.update(extra)
+    return env
+
+
+def run_script(name: str, *args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run tests/support/<name>.py to completion (or until it dies)."""
+    return subprocess.run(
+        [sys.executable, str(Path(__file__).with_name(name + ".py")), *args],
+        env=env,
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def start_script(name: str, *args: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name(name + ".py")), *args],
+        env=env,
+        cwd=BASE_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def make_store(backend: str, request):
+    """The counter store of a backend, on the test's own Redis database (emptied) or the test database."""
+    from warmup.counters import DatabaseCounterStore, RedisCounterStore
+
+    if backend == "redis":
+        return RedisCounterStore(request.getfixturevalue("redis_client"))
+    request.getfixturevalue("db")
+    return DatabaseCounterStore()

@@ -1,0 +1,74 @@
+"""/healthz against the real PostgreSQL and Redis, a Redis on a closed port, and the filesystem broker."""
+
+import socket
+import time
+
+import pytest
+
+from warmup import counters
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def fresh_redis_client():
+    """The counter store's Redis client is built once per process: rebuild it for the test's settings."""
+    counters.get_redis.cache_clear()
+    yield
+    counters.get_redis.cache_clear()
+
+
+def test_all_ok_with_real_postgresql_and_redis(client, db, settings, redis_client, fresh_redis_client):
+    settings.WARMUP_COUNTER_BACKEND = "redis"
+    settings.CELERY_BROKER_URL = settings.REDIS_URL
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"database": "ok", "counter_store": "ok", "broker": "ok"}
+    assert "no-cache" in response["Cache-Control"]
+
+
+def test_redis_on_a_closed_port_is_a_503_naming_what_failed(client, db, settings, fresh_redis_client):
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    settings.REDIS_URL = url
+    settings.CELERY_BROKER_URL = url
+    settings.WARMUP_COUNTER_BACKEND = "redis"
+    started = time.monotonic()
+    response = client.get("/healthz")
+    assert time.monotonic() - started < 10  # a probe must get an answer quickly
+    assert response.status_code == 503
+    body = response.json()
+    assert body["database"] == "ok"
+    assert body["counter_store"].startswith("error: ")
+    assert "unreachable" in body["counter_store"]
+    assert body["broker"].startswith("error: ")
+
+
+def test_database_counters_and_filesystem_broker(client, db, settings, tmp_path):
+    settings.WARMUP_COUNTER_BACKEND = "database"
+    settings.CELERY_BROKER_URL = "filesystem://"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "processed").mkdir()
+    settings.CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(tmp_path / "out"),
+        "data_folder_out": str(tmp_path / "out"),
+        "processed_folder": str(tmp_path / "processed"),
+    }
+    response = client.get("/healthz")
+    assert response.status_code == 200, response.json()
+    assert response.json() == {"database": "ok", "counter_store": "ok", "broker": "ok"}
+
+    (tmp_path / "processed").rmdir()
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["broker"] == f"error: broker folder {tmp_path / 'processed'} does not exist"
+
+
+def test_healthz_is_exempt_from_the_https_redirect(client, db, settings, redis_client, fresh_redis_client):
+    settings.SECURE_SSL_REDIRECT = True
+    settings.CELERY_BROKER_URL = settings.REDIS_URL
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/admin/").status_code == 301

@@ -1,0 +1,96 @@
+"""The monitoring view: every IP of some tenants with its phase, quota and today's live sending.
+
+`warmup_status()` builds the JSON of PRODUCT.md section 7 "Monitoring view"; the API
+(`GET /api/v1/warmup`) and the `warmup_status` command both print it. It costs one SQL query and one
+counter-store round trip whatever the number of IPs.
+"""
+
+from collections.abc import Iterable
+from datetime import date
+
+from domains.models import IP, Tenant
+
+from .counters import CounterStoreUnavailable, get_store
+from .engine import ip_daily_quota
+from .models import WarmupPlan
+
+
+def plan_of(ip: IP) -> WarmupPlan | None:
+    """The IP's plan, or None."""
+    # With select_related("plan") a missing reverse one-to-one is cached: no query either way.
+    try:
+        return ip.plan
+    except WarmupPlan.DoesNotExist:
+        return None
+
+
+def live_sent(keys: list[tuple[int, date]]) -> dict[tuple[int, date], int] | None:
+    """Live "sent" counts of several IP-days in one round trip; None when the counter store is down.
+
+    The monitoring view must answer while Redis is unreachable (that is when operators look at it),
+    so unavailability becomes "unknown" rather than an error.
+    """
+    if not keys:
+        return {}
+    try:
+        return get_store().sent_on(keys)
+    except CounterStoreUnavailable:
+        return None
+
+
+def ip_entry(ip: IP, sent_today: int | None) -> dict:
+    """One IP's row of the monitoring view (`ip` loaded with its tenant, domain and plan)."""
+    plan = plan_of(ip)
+    quota = ip_daily_quota(ip)
+    return {
+        "ip": ip.address,
+        "domain": ip.domain.name,
+        "tenant": ip.tenant.slug,
+        "phase": plan.phase if plan else None,
+        "status": ip.status,
+        "plan_status": plan.status if plan else None,
+        "start_date": plan.start_date.isoformat() if plan else None,
+        "daily_quota": quota,
+        "sent_today": sent_today,
+        "remaining_today": None if sent_today is None else max(0, quota - sent_today),
+        "warmup_duration_days": plan.warmup_duration_days() if plan else 0,
+        "needs_attention": plan.needs_attention if plan else False,
+    }
+
+
+def monitored_ips(tenants: Iterable[Tenant]):
+    """The IPs the view lists, with everything a row needs in the same query.
+
+    Retired IPs are left out of the list and of every count: they no longer send and have no
+    quota, and an operator looking at capacity wants the IPs that do.
+    """
+    return (
+        IP.objects.filter(tenant__in=tenants)
+        .exclude(status=IP.Status.RETIRED)
+        .select_related("tenant", "domain", "plan")
+        .order_by("tenant__slug", "address")
+    )
+
+
+def warmup_status(tenants: Iterable[Tenant], *, today: date | None = None) -> dict:
+    """The monitoring view of the given tenants (PRODUCT.md section 7).
+
+    `today` overrides each tenant's current date (in its own zone) for the live sent counts.
+    """
+    ips = list(monitored_ips(tenants))
+    tenant_days: dict[int, date] = {}
+    for ip in ips:
+        if ip.tenant_id not in tenant_days:
+            tenant_days[ip.tenant_id] = today or ip.tenant.today()
+    days = {ip.id: tenant_days[ip.tenant_id] for ip in ips}
+    sent = live_sent([(ip.id, days[ip.id]) for ip in ips])
+
+    entries = [ip_entry(ip, None if sent is None else sent.get((ip.id, days[ip.id]), 0)) for ip in ips]
+    return {
+        "ips": entries,
+        "active_ips": sum(1 for ip in ips if ip.status == IP.Status.ACTIVE),
+        "warming_ips": sum(1 for ip in ips if ip.status == IP.Status.WARMING),
+        "paused_ips": sum(1 for ip in ips if ip.status == IP.Status.PAUSED),
+        "scheduled_ips": sum(1 for entry in entries if entry["plan_status"] == WarmupPlan.Status.SCHEDULED),
+        "total_daily_capacity": sum(entry["daily_quota"] for entry in entries),
+    }

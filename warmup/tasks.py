@@ -1,0 +1,75 @@
+"""Celery tasks of the warmup: thin callers of the modules that hold the rules.
+
+Each takes JSON arguments (ids, ISO dates) and raises on infrastructure errors, so that Celery retries
+with backoff and monitoring sees the failure; only business outcomes are returned as data.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from domains.models import IP
+
+from . import consolidation, retention
+from .counters import CounterStoreUnavailable
+from .stats import record_stats
+
+RETRY = {
+    "autoretry_for": (CounterStoreUnavailable, OperationalError, InterfaceError, ConnectionError, TimeoutError),
+    "retry_backoff": True,
+    "retry_backoff_max": 600,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
+
+
+@shared_task(name="warmup.consolidate_warmup_stats", **RETRY)
+def consolidate_warmup_stats_task() -> dict:
+    """Move every finished day's counters into the daily stats (scheduled at 00:30)."""
+    report = consolidation.consolidate()
+    return {"ip_days": report.ip_days, "increments": report.increments, "recovered": report.recovered}
+
+
+@shared_task(name="warmup.advance_warmup", **RETRY)
+def advance_warmup_task(date: str | None = None) -> dict:
+    """Run the engine's daily tick (scheduled at 01:00); `date` as YYYY-MM-DD, default per tenant."""
+    from .engine import tick  # imported here: the engine imports much of the app
+
+    report = tick(_parse_date(date) if date else None)
+    return {
+        "dates": [d.isoformat() for d in report.dates],
+        "plans_processed": report.plans_processed,
+        "events": len(report.events),
+    }
+
+
+@shared_task(name="warmup.record_warmup_stats", **RETRY)
+def record_warmup_stats_task(ip_id: int, stats: dict, date: str | None = None) -> dict:
+    """Add counts to an IP's day (default today in its tenant's zone), consolidated like events."""
+    ip = IP.objects.select_related("tenant").filter(pk=ip_id).first()
+    if ip is None:
+        return {"success": False, "error": f"IP #{ip_id} does not exist"}
+    if not isinstance(stats, dict):
+        return {"success": False, "error": "stats: expected an object of counter name -> number"}
+    try:
+        day = _parse_date(date) if date else None
+        recorded = record_stats(ip, stats, day)
+    except ValueError as exc:
+        return {"success": False, "error": str(exc)}
+    return {"success": True, "ip": ip.address, "date": recorded.isoformat()}
+
+
+@shared_task(name="warmup.prune_warmup_data", **RETRY)
+def prune_warmup_data_task() -> dict:
+    """Delete expired de-duplication keys, message references, old dead letters and ledger rows."""
+    return retention.prune()
+
+
+def _parse_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"date: {value!r} is not a date in YYYY-MM-DD form") from None

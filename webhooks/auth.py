@@ -1,0 +1,101 @@
+"""Webhook authentication: a tenant's token, and its signature when the tenant requires one.
+
+The token comes as `Authorization: Bearer <token>`, `X-Webhook-Token: <token>` or `?token=<token>`
+(MailWizz and some MTAs can only be given a URL). Only its SHA-256 is stored: the request's token is
+hashed, looked up by that hash, and the hash compared again in constant time. A tenant with a signing
+secret also requires `X-Warmup-Signature: t=<unix seconds>,v1=<hex>` where v1 = HMAC-SHA256(secret,
+"<t>.<raw body>"), within WEBHOOK_SIGNATURE_TOLERANCE_SECONDS of now; several v1 values may be given
+while a secret is being rotated. Failures say what is wrong with the request, never which tenants exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime
+
+from django.conf import settings
+from django.http import HttpRequest
+from django.utils import timezone
+
+from domains.models import Tenant, WebhookToken
+
+SIGNATURE_HEADER = "HTTP_X_WARMUP_SIGNATURE"
+
+
+class AuthenticationFailed(Exception):
+    """The request is not authenticated; the message is safe to show to the caller."""
+
+
+def token_from_request(request: HttpRequest) -> str:
+    """The token the request carries ("" when none)."""
+    authorization = request.META.get("HTTP_AUTHORIZATION", "")
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    header = request.META.get("HTTP_X_WEBHOOK_TOKEN", "").strip()
+    if header:
+        return header
+    return request.GET.get("token", "").strip()
+
+
+def tenant_for_token(token: str) -> Tenant:
+    """The tenant an active token belongs to; AuthenticationFailed otherwise."""
+    if not token:
+        raise AuthenticationFailed(
+            "missing webhook token (send 'Authorization: Bearer <token>', 'X-Webhook-Token' or '?token=')"
+        )
+    digest = WebhookToken.hash(token)
+    found = (
+        WebhookToken.objects.active()
+        .select_related("tenant")
+        .filter(token_hash=digest)
+        .only("token_hash", "tenant")
+        .first()
+    )
+    # The lookup is by hash (an index), so its timing says nothing about the token; the comparison
+    # below is the one that must not leak, and compare_digest makes it constant time.
+    if found is None or not hmac.compare_digest(found.token_hash, digest):
+        raise AuthenticationFailed("invalid webhook token")
+    return found.tenant
+
+
+def verify_signature(secret: str, header: str, body: bytes, now: datetime | None = None) -> None:
+    """Check an X-Warmup-Signature header against the raw body; AuthenticationFailed says why not."""
+    if not header:
+        raise AuthenticationFailed("missing X-Warmup-Signature header (t=<unix seconds>,v1=<hex>)")
+    timestamp, candidates = "", []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t":
+            timestamp = value.strip()
+        elif name == "v1" and value.strip():
+            candidates.append(value.strip())
+    if not (timestamp.isascii() and timestamp.isdigit()) or not candidates:
+        raise AuthenticationFailed("malformed X-Warmup-Signature header (expected t=<unix seconds>,v1=<hex>)")
+    now = now or timezone.now()
+    if abs(now.timestamp() - int(timestamp)) > settings.WEBHOOK_SIGNATURE_TOLERANCE_SECONDS:
+        raise AuthenticationFailed("X-Warmup-Signature timestamp is outside the allowed tolerance")
+    expected = sign(secret, timestamp, body)
+    if not any(hmac.compare_digest(expected, candidate.lower().encode()) for candidate in candidates):
+        raise AuthenticationFailed("X-Warmup-Signature does not match the body")
+
+
+def sign(secret: str, timestamp: str | int, body: bytes) -> bytes:
+    """The hex v1 signature (bytes) of a body at a time."""
+    message = str(timestamp).encode() + b"." + body
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest().encode()
+
+
+def authenticate(request: HttpRequest, body: bytes | None = None) -> Tenant:
+    """The tenant a request authenticates as. With `body`, also the tenant's signature if it requires one."""
+    tenant = tenant_for_token(token_from_request(request))
+    if body is not None:
+        check_signature(tenant, request, body)
+    return tenant
+
+
+def check_signature(tenant: Tenant, request: HttpRequest, body: bytes) -> None:
+    if tenant.webhook_signing_secret:
+        verify_signature(tenant.webhook_signing_secret, request.META.get(SIGNATURE_HEADER, ""), body)

@@ -1,0 +1,343 @@
+"""The ingestion pipeline: parsed batch -> attribute -> count (warmup.counters) -> dead letters.
+
+One counter-store `apply()` per batch (de-duplicated and counted atomically there), one round trip to
+read and one to write message references, one query for the tenant's IPs per request (or per
+backfill), and dead letters for what cannot be counted: events naming an IP the tenant does not have
+(`unknown_ip`), events nothing attributes (`unattributed`), and invalid records (`invalid`). Dead letters
+are unique per (tenant, event key), so a re-posted unattributed event is kept once, and
+`reprocess_dead_letters` counts it (once, under the same key) after its IP appears.
+
+Order matters for "never a 2xx for an event not durably counted": references and counts are written
+first; if the counter store is unreachable, `CounterStoreUnavailable` propagates with nothing counted
+and no dead letter written (the sender retries the whole body).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from domains.models import Tenant
+from warmup.counters import Increment, get_store, provider_for
+from webhooks import metrics
+from webhooks.attribution import Attributor, get_message_refs
+from webhooks.events import DayOf, NormalisedEvent, counts_for, event_key
+from webhooks.models import DeadLetter
+from webhooks.parsers import Batch, Rejection, kumomta, mailwizz, normalised, powermta
+
+logger = logging.getLogger(__name__)
+
+# Sources and their record normalisers (a dead letter's raw record is re-read by these).
+NORMALISERS = {
+    powermta.SOURCE: powermta.normalise_record,
+    kumomta.SOURCE: kumomta.normalise_record,
+    mailwizz.SOURCE: mailwizz.normalise_record,
+    normalised.SOURCE: normalised.normalise_record,
+}
+
+
+@dataclass
+class IngestResult:
+    """The figures of the webhook answer (PRODUCT.md section 6)."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    unattributed: int = 0
+    ignored: int = 0
+    rejected: list[dict] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "unattributed": self.unattributed,
+            "ignored": self.ignored,
+            "rejected": self.rejected,
+        }
+
+    def add(self, other: IngestResult) -> None:
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.unattributed += other.unattributed
+        self.ignored += other.ignored
+        self.rejected.extend(other.rejected)
+
+
+class TenantContext:
+    """What attributing and counting need of a tenant, loaded once and reused across batches."""
+
+    def __init__(self, tenant: Tenant):
+        self.tenant = tenant
+        self.attributor = Attributor(tenant)
+        self.day_of = DayOf(tenant.zone)
+        self.providers: dict[str, str] = {}
+        self.refs = get_message_refs()
+        self.store = get_store()
+
+    def provider(self, domain: str) -> str:
+        provider = self.providers.get(domain)
+        if provider is None:
+            provider = self.providers[domain] = provider_for(domain)
+        return provider
+
+
+@dataclass
+class Counted:
+    """Outcome of attributing and counting a list of events."""
+
+    counted: list[NormalisedEvent] = field(default_factory=list)  # credited to an IP, in apply() order
+    flags: list[bool] = field(default_factory=list)  # True counted, False duplicate
+    dead: list[tuple[NormalisedEvent, str, str]] = field(default_factory=list)  # (event, reason, error)
+
+
+def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Counted:
+    """Attribute each event to one of the tenant's IPs and count the attributed ones in one apply().
+
+    Raises CounterStoreUnavailable (nothing counted) when the store or the reference store is down.
+    """
+    result = Counted()
+    attributor = ctx.attributor
+    by_address = attributor.by_address
+    tenant_id = ctx.tenant.pk
+    attributed: list[tuple[NormalisedEvent, int]] = []
+    pending: list[NormalisedEvent] = []
+    remember: dict[str, int] = {}
+    dead = result.dead
+
+    for event in events:
+        ip_id = None
+        if event.ip:
+            ip_id = by_address.get(event.ip)
+            if ip_id is None:
+                try:
+                    ip_id = attributor.ip_for_address(event.ip)
+                except ValueError:
+                    dead.append(
+                        (event, DeadLetter.Reason.INVALID, f"{event.ip_field}: {event.ip[:60]!r} is not an IP address")
+                    )
+                    continue
+                if ip_id is None:
+                    dead.append(
+                        (
+                            event,
+                            DeadLetter.Reason.UNKNOWN_IP,
+                            f"{event.ip_field}: {event.ip} is not an IP of this tenant",
+                        )
+                    )
+                    continue
+        elif event.source_name:
+            ip_id = attributor.ip_for_source_name(event.source_name)
+        if ip_id is None:
+            if event.message_refs:
+                pending.append(event)
+            else:
+                dead.append((event, DeadLetter.Reason.UNATTRIBUTED, "no sending IP, source name or message reference"))
+            continue
+        attributed.append((event, ip_id))
+        if event.remembers_refs:
+            for ref in event.message_refs:
+                remember[ref] = ip_id
+
+    if pending:
+        wanted = {ref for event in pending for ref in event.message_refs if ref not in remember}
+        known = ctx.refs.read(tenant_id, wanted) if wanted else {}
+        known.update(remember)
+        for event in pending:
+            for ref in event.message_refs:
+                ip_id = known.get(ref)
+                if ip_id is not None:
+                    attributed.append((event, ip_id))
+                    break
+            else:
+                dead.append((event, DeadLetter.Reason.UNATTRIBUTED, "no delivery report names this message"))
+
+    day_of, provider = ctx.day_of, ctx.provider
+    increments = [
+        Increment(
+            ip_id,
+            day_of(event.occurred_at),
+            counts_for(event.type, event.bounce_class, event.async_bounce),
+            provider(event.recipient_domain),
+            event.key,
+        )
+        for event, ip_id in attributed
+    ]
+    # References first: if they cannot be written the batch fails as a whole and is re-posted.
+    ctx.refs.write(tenant_id, remember)
+    result.flags = ctx.store.apply(increments) if increments else []
+    result.counted = [event for event, _ in attributed]
+    return result
+
+
+def ingest(ctx: TenantContext, batch: Batch) -> IngestResult:
+    """Count a parsed batch for the context's tenant; keep what cannot be counted as dead letters."""
+    counted = count_events(ctx, batch.events)
+    result = IngestResult(ignored=batch.ignored)
+    for flag in counted.flags:
+        if flag:
+            result.accepted += 1
+        else:
+            result.duplicates += 1
+
+    letters: list[DeadLetter] = []
+    unattributed: list[DeadLetter] = []
+    for event, reason, error in counted.dead:
+        letter = DeadLetter(
+            tenant=ctx.tenant,
+            source=event.source,
+            reason=reason,
+            error=clean_text(error),
+            raw=jsonable(batch.raw_json(event.raw)),
+            ip_address=_address_or_none(event.ip),
+            event_key=event.key,
+        )
+        letters.append(letter)
+        if reason == DeadLetter.Reason.INVALID:
+            result.rejected.append({"record": event.record, "error": error})
+        else:
+            unattributed.append(letter)
+    for rejection in batch.rejected:
+        raw = jsonable(rejection.raw)
+        letters.append(
+            DeadLetter(
+                tenant=ctx.tenant,
+                source=batch.source,
+                reason=DeadLetter.Reason.INVALID,
+                error=clean_text(rejection.error),
+                raw=raw,
+                event_key=event_key("invalid", batch.source, json.dumps(raw, sort_keys=True)),
+            )
+        )
+        result.rejected.append({"record": rejection.record, "error": rejection.error})
+    result.rejected.sort(key=lambda entry: entry["record"])
+
+    if letters:
+        new_keys = _save_dead_letters(ctx.tenant, letters)
+        for letter in unattributed:
+            if letter.event_key in new_keys:
+                new_keys.discard(letter.event_key)  # a second copy in the same batch is a duplicate
+                result.unattributed += 1
+            else:
+                result.duplicates += 1
+
+    metrics.count_outcomes(
+        batch.source,
+        accepted=result.accepted,
+        duplicate=result.duplicates,
+        unattributed=result.unattributed,
+        ignored=result.ignored,
+        rejected=len(result.rejected),
+    )
+    return result
+
+
+def _save_dead_letters(tenant: Tenant, letters: list[DeadLetter]) -> set[str]:
+    """Insert the letters not kept yet; returns the event keys that were new."""
+    keys = {letter.event_key for letter in letters}
+    with transaction.atomic():
+        existing = set(
+            DeadLetter.objects.filter(tenant=tenant, event_key__in=list(keys)).values_list("event_key", flat=True)
+        )
+        new, seen = [], set(existing)
+        for letter in letters:
+            if letter.event_key not in seen:
+                seen.add(letter.event_key)
+                new.append(letter)
+        # ignore_conflicts: a concurrent request may have kept the same event a moment ago.
+        DeadLetter.objects.bulk_create(new, ignore_conflicts=True)
+    return keys - existing
+
+
+def reprocess_dead_letters(dead_letters: Iterable[DeadLetter]) -> tuple[int, int]:
+    """Re-read pending dead letters and count those that can now be attributed, once each.
+
+    Returns (counted, still pending). A letter whose event had already been counted (the sender
+    re-posted it after its IP appeared) is marked processed without counting it again: the counter
+    store knows its key. Raises CounterStoreUnavailable with nothing marked when the store is down.
+    """
+    by_tenant: dict[int, list[DeadLetter]] = {}
+    for letter in dead_letters:
+        if letter.processed_at is None:
+            by_tenant.setdefault(letter.tenant_id, []).append(letter)
+    counted = pending = 0
+    tenants = Tenant.objects.in_bulk(list(by_tenant))
+    for tenant_id, letters in by_tenant.items():
+        ctx = TenantContext(tenants[tenant_id])
+        events: list[NormalisedEvent] = []
+        owners: dict[int, DeadLetter] = {}
+        failed: list[tuple[DeadLetter, str]] = []
+        for letter in letters:
+            event, error = _reread(letter)
+            if event is None:
+                failed.append((letter, error))
+                continue
+            owners[id(event)] = letter
+            events.append(event)
+        result = count_events(ctx, events)
+        now = timezone.now()
+        done = [owners[id(event)] for event in result.counted]
+        for letter in done:
+            letter.processed_at = now
+        still = [(owners[id(event)], reason, error) for event, reason, error in result.dead]
+        for letter, reason, error in still:
+            letter.reason, letter.error = reason, clean_text(error)
+        for letter, error in failed:
+            letter.reason, letter.error = DeadLetter.Reason.INVALID, clean_text(error)
+        with transaction.atomic():
+            DeadLetter.objects.bulk_update(done, ["processed_at"])
+            DeadLetter.objects.bulk_update(
+                [letter for letter, _, _ in still] + [f for f, _ in failed], ["reason", "error"]
+            )
+        counted += len(done)
+        pending += len(still) + len(failed)
+    return counted, pending
+
+
+def _reread(letter: DeadLetter) -> tuple[NormalisedEvent | None, str]:
+    normalise = NORMALISERS.get(letter.source)
+    if normalise is None:
+        return None, f"unknown source {letter.source!r}"
+    if not isinstance(letter.raw, dict):
+        return None, letter.error or "record is not a JSON object"
+    try:
+        return normalise(letter.raw), ""
+    except Exception as exc:  # whatever the record holds, the letter stays pending
+        return None, str(exc) or exc.__class__.__name__
+
+
+# --- Keeping raw records ---------------------------------------------------------------------------
+
+
+def jsonable(raw: Any) -> Any:
+    """The raw record as JSON PostgreSQL accepts: no NUL characters, no lone surrogates."""
+    try:
+        text = json.dumps(raw, ensure_ascii=False, default=str)
+    except (TypeError, ValueError, RecursionError):
+        return {"unreadable": repr(raw)[:1000]}
+    cleaned = text.encode("utf-8", "replace").decode("utf-8").replace("\\u0000", "\\ufffd")
+    return json.loads(cleaned) if cleaned != text else raw
+
+
+def clean_text(text: str) -> str:
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def _address_or_none(text: str) -> str | None:
+    from domains.models import normalise_ip
+
+    if not text:
+        return None
+    try:
+        address = normalise_ip(text)
+    except ValueError:
+        return None
+    return None if "%" in address else address
+
+
+__all__ = ["IngestResult", "Rejection", "TenantContext", "count_events", "ingest", "reprocess_dead_letters"]

@@ -1,0 +1,93 @@
+"""Ingestion endpoints: thin callers of auth, the parsers and the pipeline (PRODUCT.md section 6).
+
+Plain Django views, not DRF: this is the hot path. Answers: 200 with the figures, 400 for a body that
+cannot be read at all, 401 for missing or wrong credentials, 405 for anything but POST, 413 over
+WEBHOOK_MAX_BODY_BYTES, 503 when the counter store (or the database) cannot be reached, in which case
+nothing was counted and the sender retries. Never a 2xx for an event that was not durably counted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from warmup.counters import CounterStoreUnavailable
+from webhooks.auth import AuthenticationFailed, check_signature, tenant_for_token, token_from_request
+from webhooks.ingest import TenantContext, ingest
+from webhooks.parsers import Batch, UnparseableBody, kumomta, mailwizz, normalised, powermta
+
+logger = logging.getLogger(__name__)
+
+
+def _json(status: int, payload: dict, **headers: str) -> HttpResponse:
+    response = HttpResponse(json.dumps(payload), status=status, content_type="application/json")
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def receive(request: HttpRequest, parse: Callable[[bytes, str], Batch]) -> HttpResponse:
+    """Authenticate, read, parse, count: the whole of one webhook request."""
+    if request.method != "POST":
+        return _json(405, {"error": "use POST"}, Allow="POST")
+    limit = settings.WEBHOOK_MAX_BODY_BYTES
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _json(400, {"error": "Content-Length is not a number"})
+    if declared > limit:
+        return _json(413, {"error": f"body over the limit of {limit} bytes"})
+    try:
+        tenant = tenant_for_token(token_from_request(request))
+        body = request.read(limit + 1)  # never trust the declared length alone
+        if len(body) > limit:
+            return _json(413, {"error": f"body over the limit of {limit} bytes"})
+        check_signature(tenant, request, body)
+    except AuthenticationFailed as exc:
+        return _json(401, {"error": str(exc)})
+    except DatabaseError:
+        logger.exception("webhook authentication: database unavailable")
+        return _json(503, {"error": "service unavailable, retry later"}, **{"Retry-After": "30"})
+
+    try:
+        batch = parse(body, request.META.get("CONTENT_TYPE", ""))
+    except UnparseableBody as exc:
+        return _json(400, {"error": str(exc)})
+    except RecursionError:
+        return _json(400, {"error": "body is nested too deeply"})
+
+    try:
+        result = ingest(TenantContext(tenant), batch)
+    except CounterStoreUnavailable as exc:
+        logger.warning("webhook %s: counter store unavailable: %s", batch.source, exc)
+        return _json(503, {"error": "counter store unavailable, nothing counted; retry later"}, **{"Retry-After": "30"})
+    except DatabaseError:
+        logger.exception("webhook %s: database unavailable", batch.source)
+        return _json(503, {"error": "database unavailable; retry later"}, **{"Retry-After": "30"})
+    return _json(200, result.as_json())
+
+
+@csrf_exempt
+def powermta_webhook(request: HttpRequest) -> HttpResponse:
+    return receive(request, powermta.parse_body)
+
+
+@csrf_exempt
+def kumomta_webhook(request: HttpRequest) -> HttpResponse:
+    return receive(request, kumomta.parse_body)
+
+
+@csrf_exempt
+def mailwizz_webhook(request: HttpRequest) -> HttpResponse:
+    return receive(request, mailwizz.parse_body)
+
+
+@csrf_exempt
+def events_webhook(request: HttpRequest) -> HttpResponse:
+    return receive(request, normalised.parse_body)
