@@ -263,6 +263,7 @@ def draw_chart(result: dict, path: str) -> None:
                 day, color=colour, linestyle="--", linewidth=1, label=f"{address} pause" if number == 0 else None
             )
     ax.set_yscale("symlog", linthresh=100)
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("day")
     ax.set_ylabel("messages per day")
     ax.set_title("Warmup simulation: daily quota and sent per IP (dashed: pauses)")
