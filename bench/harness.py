@@ -100,8 +100,12 @@ def setup_django() -> None:
     for path in (str(ROOT), str(BENCH_DIR)):
         if path not in sys.path:
             sys.path.insert(0, path)
+    import warnings
+
     import django
 
+    # WhiteNoise warns that STATIC_ROOT is empty: the benches do not serve static files.
+    warnings.filterwarnings("ignore", message="No directory at")
     django.setup()
 
 

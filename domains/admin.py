@@ -252,7 +252,9 @@ class TenantAdmin(TenantScopedAdmin):
             self._issue_token(request, tenant)
         self.message_user(
             request,
-            ngettext("%(count)d tenant has a new webhook token.", "%(count)d tenants have a new webhook token.", len(tenants))
+            ngettext(
+                "%(count)d tenant has a new webhook token.", "%(count)d tenants have a new webhook token.", len(tenants)
+            )
             % {"count": len(tenants)},
             messages.INFO,
         )
@@ -327,4 +329,3 @@ class DomainAdmin(TenantScopedAdmin):
     def get_readonly_fields(self, request, obj=None):
         # Moving a domain to another tenant would strand its IPs in the old one.
         return ("tenant",) if obj is not None else ()
-

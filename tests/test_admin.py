@@ -39,6 +39,12 @@ def frozen_clock():
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """The users are logged in with force_login: a slow hash only costs time."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def clean_counters(redis_client):
     """Each test starts with an empty counter store (its own Redis database)."""
     return redis_client
@@ -215,8 +221,19 @@ def test_ip_list_shows_quota_live_sent_remaining_and_last_day_rates(client, supe
     client.force_login(superuser)
     row = cells(ip_row(client.get(reverse("admin:domains_ip_changelist")).content.decode(), ip.address))
     # address, domain, tenant, status, phase, quota, sent today, remaining, bounce %, complaint %, weight
-    assert row[1:] == [ip.address, ip.domain.name, "Alpha", "Warming", "Week 2", "200", "35", "165", "2.00%",
-                       "0.00%", "0"]
+    assert row[1:] == [
+        ip.address,
+        ip.domain.name,
+        "Alpha",
+        "Warming",
+        "Week 2",
+        "200",
+        "35",
+        "165",
+        "2.00%",
+        "0.00%",
+        "0",
+    ]
 
 
 @pytest.mark.django_db
@@ -330,9 +347,22 @@ def test_a_member_gets_only_their_tenants_in_choices_and_autocomplete(client, me
     # Another tenant's IP given by id in a raw-id field is refused, not saved.
     response = client.post(
         reverse("admin:warmup_dailystat_add"),
-        {"ip": b_plan.ip.pk, "date": "2027-01-01", "sent": 1, "delivered": 1, "bounced": 0, "bounced_hard": 0,
-         "bounced_soft": 0, "bounced_block": 0, "deferred": 0, "complaints": 0, "opens": 0, "clicks": 0,
-         "unsubscribes": 0, "by_provider": "{}"},
+        {
+            "ip": b_plan.ip.pk,
+            "date": "2027-01-01",
+            "sent": 1,
+            "delivered": 1,
+            "bounced": 0,
+            "bounced_hard": 0,
+            "bounced_soft": 0,
+            "bounced_block": 0,
+            "deferred": 0,
+            "complaints": 0,
+            "opens": 0,
+            "clicks": 0,
+            "unsubscribes": 0,
+            "by_provider": "{}",
+        },
     )
     assert response.status_code == 200
     assert "ip" in response.context["adminform"].form.errors
@@ -355,16 +385,23 @@ def test_a_member_actions_never_touch_another_tenants_plans(client, member, tena
 
 
 def add_domain(client, **fields):
-    data = {"domain": "mail9.alpha.example.com", "ip": "10.9.9.9", "hostname": "", "mta_source_name": "",
-            "start": "", **fields}
+    data = {
+        "domain": "mail9.alpha.example.com",
+        "ip": "10.9.9.9",
+        "hostname": "",
+        "mta_source_name": "",
+        "start": "",
+        **fields,
+    }
     return client.post(reverse("admin:warmup_add_domain"), {k: v for k, v in data.items() if v is not None})
 
 
 @pytest.mark.django_db
 def test_add_domain_creates_domain_ip_and_plan_together(client, member, tenant_a):
     client.force_login(member)
-    response = add_domain(client, tenant=tenant_a.pk, start=TODAY.isoformat(), hostname="mta9.alpha.example.com",
-                          mta_source_name="vmta-9")
+    response = add_domain(
+        client, tenant=tenant_a.pk, start=TODAY.isoformat(), hostname="mta9.alpha.example.com", mta_source_name="vmta-9"
+    )
     ip = IP.objects.get(address="10.9.9.9")
     assert ip.tenant == tenant_a and ip.domain.name == "mail9.alpha.example.com"
     assert (ip.hostname, ip.mta_source_name) == ("mta9.alpha.example.com", "vmta-9")
@@ -460,9 +497,7 @@ def test_actions_report_refusals_with_the_reason(client, member, tenant_a):
     plans[0].status = WarmupPlan.Status.PAUSED
     plans[0].save()
     client.force_login(member)
-    response = run_action(
-        client, reverse("admin:warmup_warmupplan_changelist"), "resume_plans", [p.pk for p in plans]
-    )
+    response = run_action(client, reverse("admin:warmup_warmupplan_changelist"), "resume_plans", [p.pk for p in plans])
     got = messages_of(response)
     assert "1 plan resumed." in got
     assert any(m.startswith("1 plan was not resumed: " + plans[1].ip.address) for m in got), got
@@ -491,9 +526,7 @@ def test_plan_actions_change_state(client, member, tenant_a, action, expected):
 def test_ip_actions_act_on_the_ips_plans(client, member, tenant_a):
     plans = populate(tenant_a, 3, prefix="alpha")
     client.force_login(member)
-    response = run_action(
-        client, reverse("admin:domains_ip_changelist"), "advance_plans", [p.ip.pk for p in plans[:2]]
-    )
+    response = run_action(client, reverse("admin:domains_ip_changelist"), "advance_plans", [p.ip.pk for p in plans[:2]])
     assert "2 plans advanced." in messages_of(response)
     assert [WarmupPlan.objects.get(pk=p.pk).phase for p in plans] == ["week_3", "week_3", "week_2"]
 
@@ -503,20 +536,28 @@ def test_reprocess_action_counts_dead_letters_whose_ip_is_now_known(client, memb
     (plan,) = populate(tenant_a, 1, prefix="alpha")
     letter = DeadLetterFactory(
         tenant=tenant_a,
-        raw={"type": "delivered", "ip": plan.ip.address, "occurred_at": "2027-01-20T09:00:00Z",
-             "recipient": "anna@gmail.com", "event_id": "late-1"},
+        raw={
+            "type": "delivered",
+            "ip": plan.ip.address,
+            "occurred_at": "2027-01-20T09:00:00Z",
+            "recipient": "anna@gmail.com",
+            "event_id": "late-1",
+        },
         event_key="late-1",
     )
     unknown = DeadLetterFactory(
         tenant=tenant_a,
-        raw={"type": "delivered", "ip": "192.0.2.77", "occurred_at": "2027-01-20T09:00:00Z",
-             "recipient": "bob@gmail.com", "event_id": "late-2"},
+        raw={
+            "type": "delivered",
+            "ip": "192.0.2.77",
+            "occurred_at": "2027-01-20T09:00:00Z",
+            "recipient": "bob@gmail.com",
+            "event_id": "late-2",
+        },
         event_key="late-2",
     )
     client.force_login(member)
-    response = run_action(
-        client, reverse("admin:webhooks_deadletter_changelist"), "reprocess", [letter.pk, unknown.pk]
-    )
+    response = run_action(client, reverse("admin:webhooks_deadletter_changelist"), "reprocess", [letter.pk, unknown.pk])
     assert "1 dead letter counted; 1 still pending." in messages_of(response)
     letter.refresh_from_db()
     unknown.refresh_from_db()

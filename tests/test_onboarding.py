@@ -111,7 +111,8 @@ def test_a_start_in_the_past_starts_at_once_and_the_tick_catches_up(tenant):
     assert plan.status == Plan.Status.WARMING
     assert plan.last_ticked_date == start
     for offset in range(10):
-        DailyStat.objects.create(ip=plan.ip, date=start + dt.timedelta(days=offset), sent=60, delivered=60)
+        sent = 60 if offset < 7 else 200  # each day's quota is met (50 in week 1, 200 in week 2)
+        DailyStat.objects.create(ip=plan.ip, date=start + dt.timedelta(days=offset), sent=sent, delivered=sent)
     report = engine.tick()
     plan.refresh_from_db()
     assert report.dates[0] == start + dt.timedelta(days=1)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from webhooks.events import BounceClass, EventType, Ignored, InvalidRecord
+from webhooks.events import BounceClass, Ignored, InvalidRecord
 from webhooks.parsers import UnparseableBody
 from webhooks.parsers.kumomta import normalise_record, parse_body, strip_port
 

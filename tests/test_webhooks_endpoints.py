@@ -136,19 +136,19 @@ def test_each_provider(poster, ips, recipient, provider):  # noqa: F811
 def test_events_count_on_the_tenants_date(db, client, redis_client, zone, moment, day):
     tenant = TenantFactory(slug="zoned", time_zone=zone)
     ip = IPFactory(tenant=tenant, domain=DomainFactory(tenant=tenant), address="45.123.10.9")
-    poster = Poster(client, WebhookToken.issue(tenant)[1])
+    sender = Poster(client, WebhookToken.issue(tenant)[1])
     event = {"type": "delivered", "ip": "45.123.10.9", "occurred_at": moment, "recipient": "a@gmail.com"}
-    assert poster.post_json(EVENTS, event).json()["accepted"] == 1
+    assert sender.post_json(EVENTS, event).json()["accepted"] == 1
     assert read(ip, day)["sent"] == 1
 
 
 def test_the_day_cache_gives_each_event_its_own_day_within_one_batch(db, client, redis_client):
     tenant = TenantFactory(slug="paris", time_zone="Europe/Paris")
     ip = IPFactory(tenant=tenant, domain=DomainFactory(tenant=tenant), address="45.123.10.9")
-    poster = Poster(client, WebhookToken.issue(tenant)[1])
+    sender = Poster(client, WebhookToken.issue(tenant)[1])
     # 22:59:59Z and 23:00:00Z on 2026-12-23: both sides of midnight in Paris, in one quarter hour of UTC.
     body = csv("d,1798066799,a@gmail.com,,,45.123.10.9,,", "d,1798066800,b@gmail.com,,,45.123.10.9,,")
-    assert poster.post(PMTA, body, "text/csv").json()["accepted"] == 2
+    assert sender.post(PMTA, body, "text/csv").json()["accepted"] == 2
     assert read(ip, D23)["sent"] == 1 and read(ip, date(2026, 12, 24))["sent"] == 1
 
 

@@ -72,7 +72,8 @@ def run_plan_action(modeladmin: admin.ModelAdmin, request, plans, action: str) -
     done, refused = perform_many(plans, action, user=request.user, reason=reason)
     modeladmin.message_user(
         request,
-        ngettext("%(count)d plan %(done)s.", "%(count)d plans %(done)s.", done) % {"count": done, "done": _DONE[action]},
+        ngettext("%(count)d plan %(done)s.", "%(count)d plans %(done)s.", done)
+        % {"count": done, "done": _DONE[action]},
         messages.SUCCESS if done else messages.INFO,
     )
     if refused:
@@ -391,6 +392,7 @@ class DailyStatAdmin(TenantScopedAdmin):
     raw_id_fields = ("ip",)
     # A million rows: no full COUNT for the "x results" line nor for the pages.
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # "Show counts" would COUNT every filter option
     paginator = LargeTablePaginator
     list_per_page = 100
 
@@ -441,6 +443,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     search_fields = ("=plan__ip__address", "reason")
     date_hierarchy = "date"
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # "Show counts" would COUNT every filter option
     paginator = LargeTablePaginator
     list_per_page = 100
 
@@ -470,6 +473,7 @@ class AlertAdmin(ReadOnlyAdmin):
     search_fields = ("message", "=ip__address")
     date_hierarchy = "created_at"
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # "Show counts" would COUNT every filter option
     paginator = LargeTablePaginator
     list_per_page = 100
 
@@ -497,4 +501,3 @@ class WarmupScheduleAdmin(admin.ModelAdmin):
     @admin.display(description="plans", ordering="n_plans")
     def plan_count(self, schedule) -> int:
         return schedule.n_plans
-

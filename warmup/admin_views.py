@@ -93,7 +93,10 @@ def plan_chart_data(plan: WarmupPlan, *, today: date | None = None) -> dict:
     if first > today:
         return chart
 
-    events = list(plan.events.order_by("created_at", "id").only("date", "kind", "to_phase", "to_status", "plan_id"))
+    # By the date each event took effect: an imported plan's "started" is recorded later than it applies.
+    events = list(
+        plan.events.order_by("date", "created_at", "id").only("date", "kind", "to_phase", "to_status", "plan_id")
+    )
     stats = {stat.date: stat for stat in DailyStat.objects.filter(ip_id=plan.ip_id, date__gte=first, date__lte=today)}
     live = live_sent_today([plan.ip])
 
@@ -193,9 +196,7 @@ def dashboard_data(user, *, today: date | None = None) -> dict:
         "per_status": [(status_labels[key], per_status[key]) for key in status_labels if per_status.get(key)],
         "needs_attention": [entry for entry in ips if entry["needs_attention"]],
         "sent_today": None if any(entry["sent_today"] is None for entry in ips) else sum(e["sent_today"] for e in ips),
-        "recent_alerts": list(
-            Alert.objects.filter(tenant__in=tenants).select_related("tenant", "ip")[:RECENT_ROWS]
-        ),
+        "recent_alerts": list(Alert.objects.filter(tenant__in=tenants).select_related("tenant", "ip")[:RECENT_ROWS]),
         "recent_events": list(
             AuditEvent.objects.filter(plan__ip__tenant__in=tenants).select_related("plan__ip", "actor")[:RECENT_ROWS]
         ),

@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -29,7 +30,7 @@ from django.utils import timezone
 
 from domains.models import IP, Domain, Tenant
 
-from .alerts import raise_alert
+from . import alerts
 from .consolidation import consolidate
 from .models import Alert, AuditEvent, WarmupPlan, day_range, rate
 
@@ -209,10 +210,10 @@ class _Changes:
         return event
 
     def alert(self, kind: str, plan: Plan, message: str, *, when: datetime, figures: dict | None = None) -> None:
+        """Queue an alert (raised once the changes are written); `message` from the warmup.alerts helpers."""
         ip = plan.ip
-        text = f"{ip.tenant.name}: {ip.address} ({ip.domain.name}) {message}"
         self.alerts.append(
-            {"kind": kind, "tenant": ip.tenant, "ip": ip, "message": text, "figures": figures or {}, "when": when}
+            {"kind": kind, "tenant": ip.tenant, "ip": ip, "message": message, "figures": figures or {}, "when": when}
         )
 
     def flush(self, now: datetime) -> None:
@@ -240,15 +241,55 @@ class _Changes:
         _bulk_save(Domain, list(self.domains.values()), ("status",))
         if self.events:
             AuditEvent.objects.bulk_create(self.events)
-        for alert in self.alerts:
-            raise_alert(
-                alert["kind"],
-                tenant=alert["tenant"],
-                ip=alert["ip"],
-                message=alert["message"],
-                figures=alert["figures"],
-                when=alert["when"],
+        _raise_alerts(self.alerts)
+
+
+def _raise_alerts(specs: list[dict]) -> None:
+    """Record the alerts and deliver them after commit, as `alerts.raise_alert` does.
+
+    Several at once (a tick over thousands of plans pauses and completes many) are written with one
+    INSERT, with the delivery fields raise_alert would give them, so that the tick's query count stays
+    independent of the number of plans; each is then delivered by `alerts.deliver` after commit.
+    """
+    if len(specs) < 2:
+        for spec in specs:
+            alerts.raise_alert(
+                spec["kind"],
+                tenant=spec["tenant"],
+                ip=spec["ip"],
+                message=spec["message"],
+                figures=spec["figures"],
+                when=spec["when"],
             )
+        return
+    records = []
+    for spec in specs:
+        tenant = spec["tenant"]
+        chat_id = (tenant.telegram_chat_id if tenant is not None else "") or settings.TELEGRAM_CHAT_ID
+        if settings.WARMUP_DRY_RUN:
+            delivery = Alert.Delivery.DRY_RUN
+        elif not settings.TELEGRAM_BOT_TOKEN or not chat_id:
+            delivery = Alert.Delivery.NOT_CONFIGURED
+        else:
+            delivery = Alert.Delivery.PENDING
+        records.append(
+            Alert(
+                kind=spec["kind"],
+                tenant=tenant,
+                ip=spec["ip"],
+                message=spec["message"],
+                figures=dict(spec["figures"]),
+                created_at=spec["when"],
+                delivery=delivery,
+                chat_id=chat_id,
+            )
+        )
+    Alert.objects.bulk_create(records)
+    for record in records:
+        if record.delivery == Alert.Delivery.PENDING:
+            transaction.on_commit(partial(alerts.deliver, record))
+        else:
+            logger.info("Alert (%s, not sent): %s", record.get_delivery_display(), record.message)
 
 
 def _bulk_save(model, objs: list, fields: Iterable[str], originals: dict | None = None) -> None:
@@ -368,7 +409,7 @@ def _resume(
         changes.alert(
             Alert.Kind.RESUMED,
             plan,
-            f"resumed automatically at {plan.phase} (quota {plan.phase_quota}/day).",
+            alerts.resume_message(plan.ip, phase=plan.phase, quota=plan.phase_quota),
             when=when,
             figures=figures,
         )
@@ -405,7 +446,7 @@ def _complete(
     changes.alert(
         Alert.Kind.COMPLETED,
         plan,
-        f"warmup completed after {plan.warmup_duration_days()} days: IP active, quota {plan.target_quota}/day.",
+        alerts.completed_message(plan.ip, days=plan.warmup_duration_days(), quota=plan.target_quota),
         when=when,
         figures=figures,
     )
@@ -535,16 +576,30 @@ def _auto_pause(plan: Plan, day: date, when: datetime, figures: dict, rules: Rul
     plan.auto_pause_count += 1
     rolled_back = rules.rollback_on_pause and plan.phase_index > 0
     _phase_move(plan, plan.phase_index - 1 if rolled_back else plan.phase_index)
+    first, last = date.fromisoformat(figures["window_from"]), date.fromisoformat(figures["window_to"])
     reasons = []
     if "bounce_rate" in figures["tripped"]:
-        reasons.append(f"bounce rate {figures['bounce_rate']:.2f}% > {rules.max_bounce_rate}%")
+        reasons.append(
+            alerts.bounce_figures(
+                rate=figures["bounce_rate"],
+                threshold=rules.max_bounce_rate,
+                sent=figures["sent"],
+                first=first,
+                last=last,
+            )
+        )
     if "complaint_rate" in figures["tripped"]:
         reasons.append(
-            f"complaint rate {figures['complaint_rate']:.3f}% > {rules.max_spam_rate}% "
-            f"({figures['complaints']} complaints)"
+            alerts.complaint_figures(
+                rate=figures["complaint_rate"],
+                threshold=rules.max_spam_rate,
+                complaints=figures["complaints"],
+                delivered=figures["delivered"],
+                first=first,
+                last=last,
+            )
         )
-    window = f"{figures['window_from']}..{figures['window_to']}, {figures['sent']} sent"
-    plan.pause_reason = f"{' and '.join(reasons)} ({window})"
+    plan.pause_reason = " and ".join(reasons)
     figures = {
         **figures,
         "rolled_back": rolled_back,
@@ -565,25 +620,16 @@ def _auto_pause(plan: Plan, day: date, when: datetime, figures: dict, rules: Rul
         figures=figures,
         reason=plan.pause_reason,
     )
-    rollback_text = f", rolled back {from_phase} -> {plan.phase}" if rolled_back else ""
     if needs_attention:
-        changes.alert(
-            Alert.Kind.NEEDS_ATTENTION,
-            plan,
-            f"paused with no end after {plan.auto_pause_count} automatic pauses{rollback_text}: "
-            f"{plan.pause_reason}. A person must resume it.",
-            when=when,
-            figures=figures,
-        )
+        message = alerts.needs_attention_message(plan.ip, figures=plan.pause_reason, auto_pauses=plan.auto_pause_count)
+        if rolled_back:
+            message += f"; rolled back {from_phase} -> {plan.phase}"
+        changes.alert(Alert.Kind.NEEDS_ATTENTION, plan, message, when=when, figures=figures)
     else:
-        until = plan.paused_until.astimezone(plan.ip.tenant.zone)
-        changes.alert(
-            Alert.Kind.PAUSED,
-            plan,
-            f"paused until {until:%Y-%m-%d %H:%M %Z}{rollback_text}: {plan.pause_reason}.",
-            when=when,
-            figures=figures,
+        message = alerts.pause_message(
+            plan.ip, figures=plan.pause_reason, from_phase=from_phase, to_phase=plan.phase, until=plan.paused_until
         )
+        changes.alert(Alert.Kind.PAUSED, plan, message, when=when, figures=figures)
 
 
 def _rewarm(plan: Plan, day: date, when: datetime, last_sent: date | None, rules: Rules, changes: _Changes) -> None:
@@ -607,8 +653,7 @@ def _rewarm(plan: Plan, day: date, when: datetime, last_sent: date | None, rules
     changes.alert(
         Alert.Kind.REWARMED,
         plan,
-        f"sent nothing for {rules.idle_rewarm_days} days: back to warming at {plan.phase} "
-        f"(quota {plan.phase_quota}/day).",
+        alerts.rewarm_message(plan.ip, idle_days=rules.idle_rewarm_days, phase=plan.phase, quota=plan.phase_quota),
         when=when,
         figures=figures,
     )
@@ -855,8 +900,6 @@ def perform(plan: Plan, action: str, *, user=None, reason: str = "", now: dateti
         locked = Plan.objects.select_for_update(of=("self",)).select_related("ip__domain", "ip__tenant").get(pk=plan.pk)
         day = now.astimezone(locked.ip.tenant.zone).date()
         event = _HANDLERS[action](locked, day, now, changes, user, reason)
-        if event.actor is None and user is not None and getattr(user, "pk", None):
-            event.actor = user
         verb = {
             "rollback": "rolled back",
             "advance": "advanced",
@@ -865,12 +908,15 @@ def perform(plan: Plan, action: str, *, user=None, reason: str = "", now: dateti
             "pause": "paused",
             "resume": "resumed",
         }[action]
-        who = user.get_username() if user is not None and hasattr(user, "get_username") else "system"
-        text = f"{verb} by {who}: {locked.get_phase_display()}, {locked.get_status_display().lower()}"
+        who = (user.get_username() if user is not None and hasattr(user, "get_username") else "") or "system"
+        text = (
+            f"{alerts.headline(Alert.Kind.MANUAL, verb.capitalize() + ' by ' + who, locked.ip)}: "
+            f"now {locked.phase}, {locked.get_status_display().lower()}, quota {locked.daily_quota:,}/day"
+        )
         changes.alert(
             Alert.Kind.MANUAL,
             locked,
-            text + (f" ({reason})" if reason else "") + ".",
+            text + (f"; {reason}" if reason else ""),
             when=now,
             figures={"action": action},
         )

@@ -27,9 +27,7 @@ class AddDomainForm(forms.Form):
     tenant = forms.ModelChoiceField(queryset=Tenant.objects.none(), empty_label=None)
     domain = forms.CharField(max_length=253, help_text="Sending domain, e.g. mail6.example.com.")
     ip = forms.CharField(label="IP address", max_length=45, help_text="IPv4 or IPv6 sending address.")
-    hostname = forms.CharField(
-        max_length=253, required=False, help_text="rDNS / EHLO name; empty: the domain is used."
-    )
+    hostname = forms.CharField(max_length=253, required=False, help_text="rDNS / EHLO name; empty: the domain is used.")
     mta_source_name = forms.CharField(
         label="MTA source name",
         max_length=100,
@@ -42,9 +40,7 @@ class AddDomainForm(forms.Form):
         widget=forms.DateInput(attrs={"type": "date"}),
         help_text="Empty: the earliest date the rotation rule allows (one new IP per week by default).",
     )
-    force = forms.BooleanField(
-        required=False, help_text="Start on the given date even if it breaks the rotation rule."
-    )
+    force = forms.BooleanField(required=False, help_text="Start on the given date even if it breaks the rotation rule.")
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)

@@ -1,12 +1,14 @@
 """The monitoring view: every IP of some tenants with its phase, quota and today's live sending.
 
 `warmup_status()` builds the JSON of PRODUCT.md section 7 "Monitoring view"; the API
-(`GET /api/v1/warmup`) and the `warmup_status` command both print it. It costs one SQL query and one
-counter-store round trip whatever the number of IPs.
+(`GET /api/v1/warmup`) and the `warmup_status` command both print it. It costs two SQL queries (the IPs with
+their plans, their tenants) and one counter-store round trip whatever the number of IPs.
 """
 
 from collections.abc import Iterable
 from datetime import date
+
+from django.db.models import F
 
 from domains.models import IP, Tenant
 
@@ -44,7 +46,7 @@ def ip_entry(ip: IP, sent_today: int | None) -> dict:
     quota = ip_daily_quota(ip)
     return {
         "ip": ip.address,
-        "domain": ip.domain.name,
+        "domain": getattr(ip, "domain_name", None) or ip.domain.name,
         "tenant": ip.tenant.slug,
         "phase": plan.phase if plan else None,
         "status": ip.status,
@@ -58,16 +60,24 @@ def ip_entry(ip: IP, sent_today: int | None) -> dict:
     }
 
 
+# The plan fields a row reads (through the model's rules); the rest stays in the database.
+PLAN_FIELDS = ("phase", "status", "steps", "start_date", "paused_until", "completed_on", "last_ticked_date")
+
+
 def monitored_ips(tenants: Iterable[Tenant]):
-    """The IPs the view lists, with everything a row needs in the same query.
+    """The IPs the view lists, each with its plan and its domain's name, in one query.
 
     Retired IPs are left out of the list and of every count: they no longer send and have no
-    quota, and an operator looking at capacity wants the IPs that do.
+    quota, and an operator looking at capacity wants the IPs that do. Only the fields a row reads
+    are loaded, and the domain's name is annotated rather than joined into a model: building fewer,
+    smaller model instances is what keeps 1,000 IPs well under 100 ms.
     """
     return (
         IP.objects.filter(tenant__in=tenants)
         .exclude(status=IP.Status.RETIRED)
-        .select_related("tenant", "domain", "plan")
+        .select_related("plan")
+        .annotate(domain_name=F("domain__name"))
+        .only("address", "status", "tenant_id", *(f"plan__{name}" for name in PLAN_FIELDS))
         .order_by("tenant__slug", "address")
     )
 
@@ -78,10 +88,12 @@ def warmup_status(tenants: Iterable[Tenant], *, today: date | None = None) -> di
     `today` overrides each tenant's current date (in its own zone) for the live sent counts.
     """
     ips = list(monitored_ips(tenants))
-    tenant_days: dict[int, date] = {}
+    # One query for the tenants of the rows, shared by them (rather than one Tenant object per row).
+    tenant_of = Tenant.objects.in_bulk({ip.tenant_id for ip in ips}) if ips else {}
+    tenant_field = IP._meta.get_field("tenant")
     for ip in ips:
-        if ip.tenant_id not in tenant_days:
-            tenant_days[ip.tenant_id] = today or ip.tenant.today()
+        tenant_field.set_cached_value(ip, tenant_of[ip.tenant_id])
+    tenant_days = {pk: today or tenant.today() for pk, tenant in tenant_of.items()}
     days = {ip.id: tenant_days[ip.tenant_id] for ip in ips}
     sent = live_sent([(ip.id, days[ip.id]) for ip in ips])
 

@@ -21,12 +21,8 @@ class PortalAdminSite(admin.AdminSite):
 
         # Before Django's own patterns: the site ends with a catch-all that would shadow them.
         return [
-            path(
-                "dashboard/", self.admin_view(admin_views.dashboard_view), {"site": self}, name="warmup_dashboard"
-            ),
-            path(
-                "add-domain/", self.admin_view(admin_views.add_domain_view), {"site": self}, name="warmup_add_domain"
-            ),
+            path("dashboard/", self.admin_view(admin_views.dashboard_view), {"site": self}, name="warmup_dashboard"),
+            path("add-domain/", self.admin_view(admin_views.add_domain_view), {"site": self}, name="warmup_add_domain"),
         ] + super().get_urls()
 
 

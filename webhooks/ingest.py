@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,16 +316,33 @@ def _reread(letter: DeadLetter) -> tuple[NormalisedEvent | None, str]:
 
 
 def jsonable(raw: Any) -> Any:
-    """The raw record as JSON PostgreSQL accepts: no NUL characters, no lone surrogates."""
+    """The raw record as JSON PostgreSQL accepts: no NUL characters, no lone surrogates, no NaN/Infinity."""
     try:
-        text = json.dumps(raw, ensure_ascii=False, default=str)
-    except (TypeError, ValueError, RecursionError):
+        cleaned = _clean(raw)
+    except RecursionError:
         return {"unreadable": repr(raw)[:1000]}
-    cleaned = text.encode("utf-8", "replace").decode("utf-8").replace("\\u0000", "\\ufffd")
-    return json.loads(cleaned) if cleaned != text else raw
+    # A record that is not an object (a JSON null, number, array) is kept wrapped: the column holds
+    # an object, and JSON null would be stored as SQL NULL.
+    return cleaned if isinstance(cleaned, dict) else {"record": cleaned}
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {clean_text(str(key)): _clean(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(item) for item in value]
+    if value is None or isinstance(value, bool | int):
+        return value
+    return clean_text(str(value))
 
 
 def clean_text(text: str) -> str:
+    if text.isascii() and "\x00" not in text:
+        return text
     return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 

@@ -123,7 +123,7 @@
           labels: d.labels,
           datasets: [
             { type: "bar", label: "Sent per day (consolidated)", data: d.sent, backgroundColor: COLORS.sent },
-            line("Forecast daily capacity", d.capacity, COLORS.capacity, { stepped: true }),
+            line("Forecast daily capacity (with planned additions)", d.capacity, COLORS.capacity, { stepped: true }),
           ],
         },
         options: {

@@ -33,9 +33,8 @@ def main() -> None:
             increments.append(Increment(int(ip_id), days[n % len(days)], {"sent": 1}, "gmail", key))
         for inc, ok in zip(increments, store.apply(increments), strict=True):
             counted[inc.day.isoformat()] += ok
-        # Report progress as we go: the parent may read it after killing other processes.
-        print(" ".join(f"{d}={c}" for d, c in counted.items()), flush=True)
         batch_no += 1
+    print(" ".join(f"{d}={c}" for d, c in counted.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,16 +19,15 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from webhooks.events import (
+    REF_STRIP,
     EventType,
     Ignored,
     InvalidRecord,
     NormalisedEvent,
     classify_bounce,
-    event_key,
+    key_of_text,
     mailwizz_ref,
-    message_id_ref,
-    parse_time,
-    recipient_domain,
+    powermta_time,
     status_code,
 )
 from webhooks.parsers import (
@@ -96,6 +95,7 @@ def _event(
     bounce_cat: str,
     feedback_type: str,
     raw: Any,
+    record: int = 0,
 ) -> NormalisedEvent:
     """The normalised event of one record, whichever encoding it came in."""
     kind = RECORD_TYPES.get(rtype)
@@ -111,19 +111,18 @@ def _event(
     event_type, async_bounce, remembers = kind
 
     if logged:
-        occurred_at = int(logged) if logged.isdigit() and logged.isascii() else parse_time(logged, "timeLogged")
+        occurred_at = int(logged) if logged.isdigit() and logged.isascii() else powermta_time(logged, "timeLogged")
     elif queued:
-        occurred_at = int(queued) if queued.isdigit() and queued.isascii() else parse_time(queued, "timeQueued")
+        occurred_at = int(queued) if queued.isdigit() and queued.isascii() else powermta_time(queued, "timeQueued")
     else:
         raise InvalidRecord("timeLogged: missing (and no timeQueued to fall back on)")
     if not 0 <= occurred_at < 32503680000:
         raise InvalidRecord(f"timeLogged: time {occurred_at} is out of range")
 
-    if event_type is EventType.COMPLAINED:
-        ip, ip_field = (rep_ip, "repSourceIp") if rep_ip else (dlv_ip, "dlvSourceIp")
+    if event_type is EventType.COMPLAINED and rep_ip:
+        ip, ip_field = rep_ip.strip(), "repSourceIp"
     else:
-        ip, ip_field = dlv_ip, "dlvSourceIp"
-    ip = ip.strip()
+        ip, ip_field = dlv_ip.strip(), "dlvSourceIp"
 
     bounce_class = bounce_category = ""
     if event_type is EventType.BOUNCED:
@@ -131,40 +130,32 @@ def _event(
         bounce_class = classify_bounce(bounce_cat, "", code)
         bounce_category = bounce_cat or code
 
+    # message_id_ref / mailwizz_ref, inlined: this runs for every record.
     refs: tuple[str, ...] = ()
-    if message_id or campaign_uid:
-        refs = tuple(r for r in (message_id_ref(message_id), mailwizz_ref(campaign_uid, subscriber_uid)) if r)
+    if message_id:
+        mid = message_id.strip(REF_STRIP)
+        if mid:
+            refs = ("mid:" + mid,)
+    if campaign_uid and subscriber_uid:
+        pair = mailwizz_ref(campaign_uid, subscriber_uid)
+        if pair:
+            refs = (*refs, pair)
 
+    at = rcpt.rfind("@")
+    domain = rcpt[at + 1 :].strip().strip(">").lower() if at >= 0 else ""
+
+    # The unit separator cannot occur in a field PowerMTA writes; joining the strings directly is the
+    # hot path's version of event_key().
+    key = key_of_text(
+        "\x1f".join(
+            (SOURCE, rtype, str(occurred_at), queued, rcpt, orig, ip, vmta, job, message_id, dsn_status, bounce_cat,
+             feedback_type)
+        )
+    )  # fmt: skip
     return NormalisedEvent(
-        source=SOURCE,
-        type=event_type,
-        occurred_at=occurred_at,
-        key=event_key(
-            SOURCE,
-            rtype,
-            occurred_at,
-            queued,
-            rcpt,
-            orig,
-            ip,
-            vmta,
-            job,
-            message_id,
-            dsn_status,
-            bounce_cat,
-            feedback_type,
-        ),
-        ip=ip,
-        ip_field=ip_field,
-        source_name=vmta.strip(),
-        message_refs=refs,
-        remembers_refs=remembers,
-        recipient_domain=recipient_domain(rcpt),
-        bounce_class=bounce_class,
-        bounce_category=bounce_category,
-        async_bounce=async_bounce,
-        raw=raw,
-    )
+        SOURCE, event_type, occurred_at, key, ip, ip_field, vmta.strip(), refs, remembers, domain, bounce_class,
+        bounce_category, async_bounce, raw, record,
+    )  # fmt: skip
 
 
 def normalise_record(record: dict) -> NormalisedEvent:
@@ -255,9 +246,8 @@ def iter_csv_batches(lines: Iterable[str], batch_size: int = CSV_BATCH_SIZE) -> 
                 event = _event(
                     row[p_type], row[p_logged], row[p_queued], row[p_rcpt], row[p_orig], row[p_dlv],
                     row[p_rep], row[p_vmta], row[p_job], row[p_mid], row[p_camp], row[p_sub], row[p_dsn],
-                    row[p_cat], row[p_fb], row,
+                    row[p_cat], row[p_fb], row, number,
                 )  # fmt: skip
-                event.record = number
                 append(event)
             except Ignored:
                 batch.ignored += 1
