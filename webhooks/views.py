@@ -2,8 +2,9 @@
 
 Plain Django views, not DRF: this is the hot path. Answers: 200 with the figures, 400 for a body that
 cannot be read at all, 401 for missing or wrong credentials, 405 for anything but POST, 413 over
-WEBHOOK_MAX_BODY_BYTES, 503 when the counter store (or the database) cannot be reached, in which case
-nothing was counted and the sender retries. Never a 2xx for an event that was not durably counted.
+WEBHOOK_MAX_BODY_BYTES, 429 over the tenant's rate limit (`ratelimit.py`), 503 when the counter store
+(or the database) cannot be reached, in which case nothing was counted and the sender retries.
+Never a 2xx for an event that was not durably counted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from warmup.counters import CounterStoreUnavailable
+from webhooks import ratelimit
 from webhooks.auth import AuthenticationFailed, check_signature, tenant_for_token, token_from_request
 from webhooks.ingest import TenantContext, ingest
 from webhooks.parsers import Batch, UnparseableBody, kumomta, mailwizz, normalised, powermta
@@ -45,12 +47,22 @@ def receive(request: HttpRequest, parse: Callable[[bytes, str], Batch]) -> HttpR
         return _json(413, {"error": f"body over the limit of {limit} bytes"})
     try:
         tenant = tenant_for_token(token_from_request(request))
+        wait = ratelimit.check(tenant.pk)
+        if wait:
+            return _json(
+                429,
+                {"error": f"over {settings.WEBHOOK_RATE_LIMIT_PER_MINUTE} requests a minute; retry later"},
+                **{"Retry-After": str(wait)},
+            )
         body = request.read(limit + 1)  # never trust the declared length alone
         if len(body) > limit:
             return _json(413, {"error": f"body over the limit of {limit} bytes"})
         check_signature(tenant, request, body)
     except AuthenticationFailed as exc:
         return _json(401, {"error": str(exc)})
+    except CounterStoreUnavailable as exc:
+        logger.warning("webhook rate limit: counter store unavailable: %s", exc)
+        return _json(503, {"error": "counter store unavailable, nothing counted; retry later"}, **{"Retry-After": "30"})
     except DatabaseError:
         logger.exception("webhook authentication: database unavailable")
         return _json(503, {"error": "service unavailable, retry later"}, **{"Retry-After": "30"})
