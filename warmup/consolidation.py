@@ -166,38 +166,57 @@ def _consolidate_database(now: datetime) -> ConsolidationReport:
 
 
 def _add_to_daily_stats(figures: Mapping[tuple[int, date], Mapping[str, int]], report: ConsolidationReport) -> None:
-    """Add per-field figures ("sent:gmail" -> n) of IP-days to their DailyStat rows, in bulk."""
+    """Add per-field figures ("sent:gmail" -> n) of IP-days to their DailyStat rows, in bulk.
+
+    Counters are added in SQL (INSERT ... ON CONFLICT DO UPDATE SET sent = sent + EXCLUDED.sent), so they
+    are exact whatever else writes the row. by_provider is merged in Python from the row read under lock
+    (consolidation runs one at a time), which spares dialect-specific JSON arithmetic.
+    """
     if not figures:
         return
-    existing = {
-        (stat.ip_id, stat.date): stat
-        for stat in DailyStat.objects.select_for_update().filter(
-            ip_id__in={ip_id for ip_id, _ in figures}, date__in={day for _, day in figures}
-        )
-    }
+    by_provider_now = dict(
+        ((ip_id, day), by_provider)
+        for ip_id, day, by_provider in DailyStat.objects.select_for_update()
+        .filter(ip_id__in={ip_id for ip_id, _ in figures}, date__in={day for _, day in figures})
+        .values_list("ip_id", "date", "by_provider")
+    )
+    ops = connection.ops
+    json_field = DailyStat._meta.get_field("by_provider")
+    updated_at = ops.adapt_datetimefield_value(timezone.now())
     rows = []
     for (ip_id, day), fields in figures.items():
-        stat = existing.get((ip_id, day)) or DailyStat(ip_id=ip_id, date=day, by_provider={})
-        by_provider = stat.by_provider if isinstance(stat.by_provider, dict) else {}
+        totals = dict.fromkeys(COUNTERS, 0)
+        by_provider = by_provider_now.get((ip_id, day)) or {}
         for field, value in fields.items():
             counter, provider = split_field(field)
             if counter not in _COUNTER_SET or not value:
                 continue
-            setattr(stat, counter, getattr(stat, counter) + value)
+            totals[counter] += value
             per_provider = by_provider.setdefault(provider, {})
             per_provider[counter] = per_provider.get(counter, 0) + value
-            report.increments += value
-        stat.by_provider = by_provider
-        rows.append(stat)
-    # The rows are locked (or absent, and consolidation runs one at a time): whole values are safe to
-    # write back, which lets by_provider be merged in Python rather than in dialect-specific SQL.
-    DailyStat.objects.bulk_create(
-        rows,
-        batch_size=1000,
-        update_conflicts=True,
-        unique_fields=["ip", "date"],
-        update_fields=[*COUNTERS, "by_provider", "updated_at"],
-    )
+        report.increments += sum(totals.values())
+        rows.append(
+            [
+                ip_id,
+                ops.adapt_datefield_value(day),
+                *totals.values(),
+                json_field.get_db_prep_save(by_provider, connection),
+                updated_at,
+            ]
+        )
+    table = ops.quote_name(DailyStat._meta.db_table)
+    columns = ["ip_id", "date", *COUNTERS, "by_provider", "updated_at"]
+    assignments = [f"{c} = {table}.{c} + EXCLUDED.{c}" for c in COUNTERS]
+    assignments += ["by_provider = EXCLUDED.by_provider", "updated_at = EXCLUDED.updated_at"]
+    placeholder = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start : start + 1000]
+            cursor.execute(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([placeholder] * len(chunk))} "
+                f"ON CONFLICT (ip_id, date) DO UPDATE SET {', '.join(assignments)}",
+                [value for row in chunk for value in row],
+            )
     report.ip_days += len(rows)
 
 
