@@ -16,6 +16,7 @@ from django.db import close_old_connections
 from hypothesis import HealthCheck, Phase
 from hypothesis import settings as hypothesis_settings
 from rest_framework.authtoken.models import Token
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from .factories import DailyStatFactory, DomainFactory, TenantFactory, UserFactory, plan_in_state
 
@@ -81,5 +82,11 @@ def frozen_clock():
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 def test_every_operation_answers_as_its_schema_says_and_never_with_a_5xx(case, member_token):
-    response = case.call_and_validate(headers={"Authorization": f"Token {member_token}"})
+    response = case.call_and_validate(
+        headers={"Authorization": f"Token {member_token}"},
+        # "Any schema-valid request is accepted" cannot hold for an API that validates meaning (an
+        # address string that is no IP, a tenant that is not the caller's, an action refused in the
+        # plan's state): those are 400/404/409 by design, and each is tested in tests/test_api.py.
+        excluded_checks=[positive_data_acceptance],
+    )
     assert response.status_code < 500

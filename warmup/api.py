@@ -66,6 +66,15 @@ def _field_errors(error: DjangoValidationError) -> dict:
 
 def _query(serializer_class, request: Request) -> dict:
     serializer = serializer_class(data=request.query_params)
+    # DRF reads an empty optional parameter (`?tenant=`) as an absent one; the schema says a given
+    # parameter has a value, and a caller who typed `?tenant=` most likely forgot it: say so.
+    blank = {
+        name: ["May not be blank: give a value or leave the parameter out."]
+        for name in serializer.fields
+        if name in request.query_params and not request.query_params[name].strip()
+    }
+    if blank:
+        raise ValidationError(blank)
     serializer.is_valid(raise_exception=True)
     return serializer.validated_data
 

@@ -12,7 +12,8 @@ urlpatterns = [
     path("warmup", api.WarmupStatusView.as_view(), name="api-warmup"),
     path("ips/<str:address>/stats", api.IPStatsView.as_view(), name="api-ip-stats"),
     path("domains", api.DomainsView.as_view(), name="api-domains"),
-    path("plans/<str:address>/<slug:action>", api.PlanActionView.as_view(), name="api-plan-action"),
+    # <str:action>, not <slug:>: an unknown action gets the API's JSON 400 naming it, not an HTML 404.
+    path("plans/<str:address>/<str:action>", api.PlanActionView.as_view(), name="api-plan-action"),
     path("forecast", api.ForecastView.as_view(), name="api-forecast"),
     path("pmta-config", api.PmtaConfigView.as_view(), name="api-pmta-config"),
 ]
