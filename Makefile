@@ -32,7 +32,7 @@ run: venv
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py seed_demo --history
 	$(BIN)/python manage.py ensure_admin
-	@echo "Admin: http://127.0.0.1:8000/admin/  (web, worker and beat run below; Ctrl-C stops all three)"
+	@echo "Admin: http://127.0.0.1:$${WEB_PORT:-8000}/admin/  (web, worker and beat run below; Ctrl-C stops all three)"
 	$(BIN)/honcho start
 
 check-services: dev-venv

@@ -39,8 +39,11 @@ def test_the_forecast_from_the_demo_tenant_matches_the_simulated_engine_day_by_d
             "days": COMPARED_DAYS,
             "timezone": "Europe/Paris",
             "ips": [
-                {"address": f"45.123.{10 + n // 250}.{1 + n % 250}", "domain": f"mail{n + 1}.sos-mail.com",
-                 "start_day": start}
+                {
+                    "address": f"45.123.{10 + n // 250}.{1 + n % 250}",
+                    "domain": f"mail{n + 1}.sos-mail.com",
+                    "start_day": start,
+                }
                 for n, start in enumerate(starts)
             ],
             "traffic": {"utilization": 1.0},

@@ -40,7 +40,8 @@ def test_the_procfile_stack_consolidates_recorded_stats(tmp_path: Path):
         (tmp_path / "broker" / folder).mkdir(parents=True)
     # The project's Procfile, on a free port so as not to meet a developer's server.
     procfile = tmp_path / "Procfile"
-    procfile.write_text((BASE_DIR / "Procfile").read_text().replace("127.0.0.1:8000", "127.0.0.1:8769"))
+    procfile.write_text((BASE_DIR / "Procfile").read_text())
+    env["WEB_PORT"] = "8769"
     yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
 
     manage(env, "migrate", "--no-input", "-v", "0")
