@@ -316,6 +316,8 @@ class DomainAdmin(TenantScopedAdmin):
     list_select_related = ("tenant",)
     search_fields = ("name", "ips__address", "ips__hostname")
     inlines = (IPInline,)
+    # A stable order for the changelist and for the IP form's autocomplete, which pages through domains.
+    ordering = ("name",)
     # The add-domain page (warmup) creates domain, IP and plan together; this form edits the inventory.
     change_list_template = "admin/domains/domain/change_list.html"
 

@@ -344,29 +344,22 @@ def test_a_member_gets_only_their_tenants_in_choices_and_autocomplete(client, me
     add_domain = client.get(reverse("admin:warmup_add_domain"))
     assert list(add_domain.context["form"].fields["tenant"].queryset) == [tenant_a]
 
-    # Another tenant's IP given by id in a raw-id field is refused, not saved.
+    # Another tenant's domain given by id (the autocomplete widget posts ids) is refused, not saved.
     response = client.post(
-        reverse("admin:warmup_dailystat_add"),
+        reverse("admin:domains_ip_add"),
         {
-            "ip": b_plan.ip.pk,
-            "date": "2027-01-01",
-            "sent": 1,
-            "delivered": 1,
-            "bounced": 0,
-            "bounced_hard": 0,
-            "bounced_soft": 0,
-            "bounced_block": 0,
-            "deferred": 0,
-            "complaints": 0,
-            "opens": 0,
-            "clicks": 0,
-            "unsubscribes": 0,
-            "by_provider": "{}",
+            "tenant": tenant_a.pk,
+            "domain": b_plan.ip.domain_id,
+            "address": "10.9.9.9",
+            "hostname": "",
+            "mta_source_name": "",
+            "status": IP.Status.PENDING,
+            "weight": 0,
         },
     )
     assert response.status_code == 200
-    assert "ip" in response.context["adminform"].form.errors
-    assert not b_plan.ip.daily_stats.filter(date=dt.date(2027, 1, 1)).exists()
+    assert "domain" in response.context["adminform"].form.errors
+    assert not IP.objects.filter(address="10.9.9.9").exists()
 
 
 @pytest.mark.django_db
@@ -657,6 +650,26 @@ def test_daily_stats_list_highlights_figures_over_the_thresholds(client, superus
     html = client.get(reverse("admin:warmup_dailystat_changelist")).content.decode()
     assert html.count('class="wp-over"') == 1
     assert ">6.00%</span>" in html
+
+
+@pytest.mark.django_db
+def test_daily_stats_are_viewable_but_never_added_or_edited_by_hand(client, member, tenant_a):
+    (plan,) = populate(tenant_a, 1, prefix="alpha")
+    stat = plan.ip.daily_stats.get()
+    client.force_login(member)  # holds every permission of the warmup app, add and change included
+
+    changelist = client.get(reverse("admin:warmup_dailystat_changelist")).content.decode()
+    assert reverse("admin:warmup_dailystat_add") not in changelist
+    assert client.get(reverse("admin:warmup_dailystat_add")).status_code == 403
+
+    url = reverse("admin:warmup_dailystat_change", args=[stat.pk])
+    page = client.get(url)
+    assert page.status_code == 200
+    assert 'name="sent"' not in page.content.decode()  # figures shown, not editable
+    assert page.context["has_change_permission"] is False
+    client.post(url, {"ip": plan.ip.pk, "date": stat.date.isoformat(), "sent": 999999})
+    stat.refresh_from_db()
+    assert stat.sent == 200
 
 
 @pytest.mark.django_db

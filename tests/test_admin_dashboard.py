@@ -101,17 +101,45 @@ def test_dashboard_chart_has_past_sent_and_the_forecast(client, superuser, tenan
     DailyStatFactory(ip=warming(tenant_a).ip, date=TODAY - dt.timedelta(days=1), sent=150)
     client.force_login(superuser)
 
-    chart = client.get(reverse("admin:warmup_dashboard")).context["chart"]
+    response = client.get(reverse("admin:warmup_dashboard"))
+    chart = response.context["chart"]
 
-    yesterday = chart["labels"].index((TODAY - dt.timedelta(days=1)).isoformat())
-    assert chart["sent"][yesterday] == 9150
+    # The history is the consolidated days only: yesterday here, the one day with figures.
+    assert chart["history_labels"] == [(TODAY - dt.timedelta(days=1)).isoformat()]
+    assert chart["sent"] == [9150]
     assert chart["has_forecast"] is True
-    first_forecast = chart["labels"].index(TODAY.isoformat())
+    assert chart["forecast_labels"][0] == TODAY.isoformat()
     # Day 1 of the forecast is today, after today's tick: week 6 (10,000), week 2 (200) and the new IP
     # the forecast plans for today (one a week, the rotation rule's rate) in its week 1 (50).
-    assert chart["capacity"][first_forecast] == 10250
-    assert chart["capacity"][yesterday] is None and chart["sent"][first_forecast] is None
-    assert 'id="wp-capacity-chart-data"' in client.get(reverse("admin:warmup_dashboard")).content.decode()
+    assert chart["capacity"][0] == 10250
+    assert len(chart["capacity"]) == len(chart["forecast_labels"])
+    html = response.content.decode()
+    assert 'id="wp-capacity-chart-data"' in html
+    assert 'data-wp-chart="history"' in html and 'data-wp-chart="capacity"' in html
+
+
+@pytest.mark.django_db
+def test_dashboard_history_starts_at_the_first_consolidated_day_at_most_60_days_back(client, superuser, tenant_a):
+    plan = warming(tenant_a)
+    client.force_login(superuser)
+    url = reverse("admin:warmup_dashboard")
+
+    empty = client.get(url)
+    assert empty.context["chart"]["history_labels"] == []
+    assert "No consolidated day yet" in empty.content.decode()
+
+    DailyStatFactory(ip=plan.ip, date=TODAY - dt.timedelta(days=5), sent=100)
+    DailyStatFactory(ip=plan.ip, date=TODAY - dt.timedelta(days=2), sent=150)
+    chart = client.get(url).context["chart"]
+    assert chart["history_labels"] == [(TODAY - dt.timedelta(days=d)).isoformat() for d in range(5, 0, -1)]
+    assert chart["sent"] == [100, 0, 0, 150, 0]  # a day without a row sent nothing
+
+    DailyStatFactory(ip=plan.ip, date=TODAY - dt.timedelta(days=90), sent=1)  # older than the window
+    DailyStatFactory(ip=plan.ip, date=TODAY - dt.timedelta(days=60), sent=7)
+    chart = client.get(url).context["chart"]
+    assert chart["history_labels"][0] == (TODAY - dt.timedelta(days=60)).isoformat()
+    assert len(chart["history_labels"]) == 60
+    assert (chart["sent"][0], chart["sent"][-2]) == (7, 150)
 
 
 @pytest.mark.django_db
@@ -230,6 +258,24 @@ def test_plan_chart_of_a_plan_not_started_is_empty(tenant_a):
 
 
 @pytest.mark.django_db
+def test_plan_page_of_a_plan_started_today_says_when_its_first_figures_come(client, superuser, tenant_a):
+    plan = WarmupPlanFactory(ip__domain__tenant=tenant_a, start_date=TODAY, status=WarmupPlan.Status.WARMING)
+    assert plan_chart_data(plan)["has_stats"] is False
+    client.force_login(superuser)
+    html = client.get(reverse("admin:warmup_warmupplan_change", args=[plan.pk])).content.decode()
+    assert "No consolidated day yet" in html and "after tomorrow's consolidation" in html
+    # Today's quota is still drawn; rates have nothing to draw until a day is consolidated.
+    assert 'data-wp-chart="plan-volume"' in html and 'data-wp-chart="plan-rates"' not in html
+
+    # Days later and still nothing consolidated: no promise about tomorrow, the plain fact instead.
+    plan.start_date = day(-3)
+    plan.save()
+    html = client.get(reverse("admin:warmup_warmupplan_change", args=[plan.pk])).content.decode()
+    assert "no figures have been received for this IP since the plan started" in html
+    assert "tomorrow" not in html
+
+
+@pytest.mark.django_db
 def test_plan_page_embeds_the_charts_and_the_timeline(client, superuser, plan_with_history):
     client.force_login(superuser)
     response = client.get(reverse("admin:warmup_warmupplan_change", args=[plan_with_history.pk]))
@@ -238,6 +284,7 @@ def test_plan_page_embeds_the_charts_and_the_timeline(client, superuser, plan_wi
     assert '<script id="wp-plan-chart-data" type="application/json">' in html
     assert 'data-wp-chart="plan-volume"' in html and 'data-wp-chart="plan-rates"' in html
     assert "vendor/chartjs/chart.umd.min.js" in html and "warmup/charts.js" in html
+    assert "No consolidated day yet" not in html
     # The timeline inline, newest first and read-only.
     timeline = response.context["inline_admin_formsets"][0]
     kinds = [form.original.kind for form in timeline]

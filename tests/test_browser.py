@@ -3,8 +3,9 @@
 Runs the portal on pytest-django's live server (static files served by django.contrib.staticfiles) over
 the test PostgreSQL and Redis, filled by `seed_demo --history`, and drives Debian's Chromium through
 Playwright (tests/browser_support.py). The charts are checked on their pixels, not only in the DOM, and
-no page may log a JavaScript error or fail to load a resource. Screenshots of every page are written to
-tests/artifacts/browser/ for a person to look at.
+no page may log a JavaScript error or fail to load a resource (the favicon included). A few layout facts
+at the 1400 px viewport are measured too (the IP list fits, the dashboard's cards share a row). Screenshots
+of every page are written to tests/artifacts/browser/ for a person to look at.
 """
 
 import datetime as dt
@@ -72,6 +73,9 @@ def test_admin_in_chromium_adds_a_domain_and_draws_the_charts(demo, live_server)
         # The rotation rule: the fifth demo IP started a week ago, so the sixth may start today.
         expect(success).to_contain_text("(start date 2027-03-15)")
         new_plan_url = page.url
+        # Started today: nothing consolidated yet, which the page says, and today's quota is still drawn.
+        expect(page.locator(".wp-no-stats")).to_contain_text("No consolidated day yet")
+        new_plan_charts = canvas_reports(session)
         session.screenshot("03-added-plan")
 
         # The new IP in the IP list, with its domain and tenant.
@@ -81,36 +85,65 @@ def test_admin_in_chromium_adds_a_domain_and_draws_the_charts(demo, live_server)
         expect(row).to_contain_text(NEW_DOMAIN)
         expect(row).to_contain_text("SOS-Expat")
         expect(page.locator("#result_list tbody tr")).to_have_count(6)
+        ip_list = page.evaluate(LAYOUT_OF_IP_LIST_JS)
         session.screenshot("04-ip-list")
 
         # The dashboard: its cards and the capacity chart.
         page.goto(session.url(reverse("admin:warmup_dashboard")))
         expect(page.locator("#wp-capacity-now .wp-card-value")).not_to_have_text("0")
         dashboard = canvas_reports(session)
+        card_tops = page.locator(".wp-card").evaluate_all("(cards) => cards.map((c) => c.getBoundingClientRect().top)")
         session.screenshot("05-dashboard")
 
         # The first demo plan: its volume and rates charts.
         page.goto(session.url(plan_path))
         expect(page.locator("fieldset.wp-charts")).to_be_visible()
         plan_charts = canvas_reports(session)
+        heading_widths = page.locator("fieldset.module > h2").evaluate_all(
+            "(headings) => headings.map((h) => Math.round(h.getBoundingClientRect().width))"
+        )
+        favicon = page.locator("link[rel=icon]").get_attribute("href")
+        favicon_status = page.request.get(session.url(favicon)).status
         session.screenshot("06-plan")
 
-    assert [report["id"] for report in dashboard] == ["wp-capacity-chart"]
+    assert [report["id"] for report in dashboard] == ["wp-history-chart", "wp-capacity-chart"]
     assert [report["id"] for report in plan_charts] == ["wp-plan-volume-chart", "wp-plan-rates-chart"]
-    for report in dashboard + plan_charts:
+    assert [report["id"] for report in new_plan_charts] == ["wp-plan-volume-chart"]
+    for report in dashboard + plan_charts + new_plan_charts:
         assert_chart_drawn(report)
-    capacity = dashboard[0]
-    assert set(capacity["drawn"]) == {d["label"] for d in capacity["datasets"]}, capacity  # sent and forecast
+    for report in dashboard:
+        assert set(report["drawn"]) == {d["label"] for d in report["datasets"]}, report  # sent; forecast
+    assert new_plan_charts[0]["labels"] == 1 and "Daily quota" in new_plan_charts[0]["drawn"], new_plan_charts
     volume, rates = plan_charts
     assert {"Daily quota", "Sent"} <= set(volume["drawn"]), volume
     assert {"Bounce rate %", "Complaint rate %"} <= set(rates["drawn"]), rates
     assert volume["labels"] == rates["labels"] == 36  # the 35 days of history and today
     assert not session.problems, "\n".join(session.problems)
 
+    # Layout at 1400 px: the IP list fits its area with the selection counter beside the reason box, the six
+    # dashboard cards share one row, the charts' heading bar is as wide as the other fieldsets'.
+    assert ip_list["table_width"] <= ip_list["area_width"], ip_list
+    assert abs(ip_list["counter_top"] - ip_list["reason_top"]) < 10, ip_list
+    assert len(card_tops) == 6 and len(set(card_tops)) == 1, card_tops
+    assert len(heading_widths) >= 3 and len(set(heading_widths)) == 1, heading_widths
+    assert favicon.endswith(".svg") and favicon_status == 200, (favicon, favicon_status)
+
     # What the browser did, in the database.
     ip = IP.objects.select_related("domain", "tenant", "plan").get(address=NEW_IP)
     assert (ip.domain.name, ip.tenant.slug, ip.mta_source_name) == (NEW_DOMAIN, "sos-expat", "mail6-vmta")
     assert re.search(rf"/warmup/warmupplan/{ip.plan.pk}/change/$", new_plan_url), new_plan_url
+
+
+# Runs in the IP list: the table's width against its scrolling area, and where the action bar put things.
+LAYOUT_OF_IP_LIST_JS = """() => {
+  const box = (selector) => document.querySelector(selector).getBoundingClientRect();
+  return {
+    table_width: document.querySelector("#result_list").scrollWidth,
+    area_width: document.querySelector("#changelist-form .results").clientWidth,
+    counter_top: box("#changelist .actions .action-counter").top,
+    reason_top: box("#changelist .actions input[name=reason]").top,
+  };
+}"""
 
 
 # Charts the check must refuse, drawn by the same Chart.js in the same browser: (case, datasets).

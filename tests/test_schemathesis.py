@@ -33,7 +33,7 @@ def member_token(db, redis_client, settings) -> str:
     tenant = TenantFactory(slug="sos-expat", name="SOS-Expat", time_zone="Europe/Paris")
     other = TenantFactory(slug="other", name="Other")
     plans = [
-        plan_in_state("completed", domain=DomainFactory(tenant=tenant, name="mail1.sos-mail.com"), address="45.123.10.1"),
+        plan_in_state("completed", domain=DomainFactory(tenant=tenant), address="45.123.10.1"),
         plan_in_state("warming", tenant=tenant, address="45.123.10.2", phase="week_2", today=TODAY),
         plan_in_state("paused", tenant=tenant, address="45.123.10.3", paused_until=None, today=TODAY),
         plan_in_state("scheduled", tenant=tenant, address="2001:db8::4", today=TODAY),

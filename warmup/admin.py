@@ -94,6 +94,10 @@ class PlanActionsMixin:
 
     action_form = PlanActionForm
 
+    class Media:
+        # The action bar's reason box, the compact IP list and the plan page's charts are styled there.
+        css = {"all": ("warmup/admin.css",)}
+
     def plans_of(self, queryset):
         return queryset
 
@@ -211,7 +215,8 @@ class IPAdmin(PlanActionsMixin, TenantScopedAdmin):
         plan = _plan_of(ip)
         return plan.get_phase_display() if plan else "-"
 
-    @admin.display(description="daily quota")
+    # Short headings: eleven columns must fit beside the filters at a laptop's width.
+    @admin.display(description="quota")
     def daily_quota(self, ip) -> int:
         from .engine import ip_daily_quota
 
@@ -222,16 +227,16 @@ class IPAdmin(PlanActionsMixin, TenantScopedAdmin):
         sent = getattr(ip, "sent_today", None)
         return UNAVAILABLE if sent is None else sent
 
-    @admin.display(description="remaining today")
+    @admin.display(description="left")
     def remaining_today(self, ip):
         sent = getattr(ip, "sent_today", None)
         return UNAVAILABLE if sent is None else max(0, self.daily_quota(ip) - sent)
 
-    @admin.display(description="bounce % (last day)", ordering="last_bounce_rate")
+    @admin.display(description="bounce %", ordering="last_bounce_rate")
     def bounce_rate_display(self, ip):
         return format_rate(ip.last_bounce_rate, settings.WARMUP_MAX_BOUNCE_RATE)
 
-    @admin.display(description="complaint % (last day)", ordering="last_complaint_rate")
+    @admin.display(description="compl. %", ordering="last_complaint_rate")
     def complaint_rate_display(self, ip):
         return format_rate(ip.last_complaint_rate, settings.WARMUP_MAX_SPAM_RATE)
 
@@ -417,6 +422,14 @@ class DailyStatAdmin(TenantScopedAdmin):
     @admin.display(description="complaint %", ordering="complaint_rate_sql")
     def complaint_rate_display(self, stat):
         return format_rate(stat.complaint_rate, settings.WARMUP_MAX_SPAM_RATE)
+
+    # Consolidation writes the daily stats from the counters: a figure typed here would disagree with them
+    # and be overwritten. Viewable (change pages read-only), and deletable as before.
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
 
 
 # --- Audit events and alerts (read-only) -----------------------------------------------------------

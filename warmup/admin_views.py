@@ -88,6 +88,8 @@ def plan_chart_data(plan: WarmupPlan, *, today: date | None = None) -> dict:
         "max_bounce_rate": settings.WARMUP_MAX_BOUNCE_RATE,
         "max_spam_rate": settings.WARMUP_MAX_SPAM_RATE,
         "pauses": [],
+        # False until the first day is consolidated: the page then says when figures will appear.
+        "has_stats": False,
     }
     first = max(plan.start_date, today - timedelta(days=CHART_DAYS - 1))
     if first > today:
@@ -99,6 +101,7 @@ def plan_chart_data(plan: WarmupPlan, *, today: date | None = None) -> dict:
     )
     stats = {stat.date: stat for stat in DailyStat.objects.filter(ip_id=plan.ip_id, date__gte=first, date__lte=today)}
     live = live_sent_today([plan.ip])
+    chart["has_stats"] = bool(stats)
 
     phase, status = WarmupPlan.Phase.WEEK_1, WarmupPlan.Status.SCHEDULED
     if not events:
@@ -172,13 +175,15 @@ def dashboard_data(user, *, today: date | None = None) -> dict:
         .values_list("date", "total")
     )
     forecast = _forecast_series(tenants)
-    labels = [day.isoformat() for day in day_range(history_from, today - timedelta(days=1))]
-    sent_series = [sent_by_day.get(date.fromisoformat(label), 0) for label in labels]
+    # History and forecast are two charts: a few weeks of warmup traffic would be invisible on the scale of
+    # the capacity months ahead. The history starts at its first consolidated day, not at an empty margin.
+    history_days = list(day_range(min(sent_by_day), today - timedelta(days=1))) if sent_by_day else []
     forecast_labels = sorted(forecast) if forecast else []
     chart = {
-        "labels": labels + forecast_labels,
-        "sent": sent_series + [None] * len(forecast_labels),
-        "capacity": [None] * len(labels) + [forecast[label] for label in forecast_labels],
+        "history_labels": [day.isoformat() for day in history_days],
+        "sent": [sent_by_day.get(day, 0) for day in history_days],
+        "forecast_labels": forecast_labels,
+        "capacity": [forecast[label] for label in forecast_labels],
         "has_forecast": forecast is not None,
     }
 
@@ -201,6 +206,7 @@ def dashboard_data(user, *, today: date | None = None) -> dict:
             AuditEvent.objects.filter(plan__ip__tenant__in=tenants).select_related("plan__ip", "actor")[:RECENT_ROWS]
         ),
         "chart": chart,
+        "history_days": DASHBOARD_HISTORY_DAYS,
     }
 
 

@@ -95,7 +95,7 @@ class WarmupStatusView(APIView):
         tags=["monitoring"],
         summary="Monitoring view",
         parameters=[TenantQuerySerializer],
-        responses={200: WarmupStatusSerializer, 401: ERROR_RESPONSES[401], 404: ERROR_RESPONSES[404]},
+        responses={200: WarmupStatusSerializer, **ERROR_RESPONSES},
     )
     def get(self, request: Request) -> Response:
         query = _query(TenantQuerySerializer, request)

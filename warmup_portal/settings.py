@@ -112,6 +112,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise's default is DEBUG as read per request, which the test runner turns off: it would then index
+# (and warn about) a STATIC_ROOT that only `collectstatic` fills. Decided here instead: in development and
+# tests files are looked up when asked for; in production they are indexed once, from STATIC_ROOT.
+WHITENOISE_AUTOREFRESH = DEBUG
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
