@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import cache
+from functools import cache, wraps
 
 import redis
 from django.conf import settings
@@ -194,6 +194,19 @@ def parse_day_key(key: str) -> tuple[int, date, str]:
     return int(ip_id), date.fromisoformat(day), rest
 
 
+def _redis_reachable(method):
+    """Turn Redis connection failures into CounterStoreUnavailable, which callers answer or retry on."""
+
+    @wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
+
+    return wrapper
+
+
 class RedisCounterStore(CounterStore):
     """Counters in Redis hashes; see the module docstring for the key layout."""
 
@@ -204,15 +217,13 @@ class RedisCounterStore(CounterStore):
         self._claim_script = self.client.register_script(_CLAIM_LUA)
         self._ttl = int(timedelta(days=settings.WEBHOOK_DEDUP_TTL_DAYS).total_seconds())
 
+    @_redis_reachable
     def apply(self, increments: Sequence[Increment]) -> list[bool]:
         if not increments:
             return []
-        try:
-            if not self.cluster:
-                return self._run_apply(increments, with_index=True)
-            return self._apply_on_cluster(increments)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        if not self.cluster:
+            return self._run_apply(increments, with_index=True)
+        return self._apply_on_cluster(increments)
 
     def _run_apply(self, increments: Sequence[Increment], with_index: bool) -> list[bool]:
         keys: list[str] = []
@@ -260,42 +271,38 @@ class RedisCounterStore(CounterStore):
             self.client.sadd(INDEX_KEY, *touched)
         return result
 
+    @_redis_reachable
     def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
         if not keys:
             return {}
         fields = [f"sent:{provider}" for provider in PROVIDERS]
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for ip_id, day in keys:
-                pipe.hmget(day_tag(ip_id, day) + ":c", fields)
-            replies = pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        pipe = self.client.pipeline(transaction=False)
+        for ip_id, day in keys:
+            pipe.hmget(day_tag(ip_id, day) + ":c", fields)
+        replies = pipe.execute()
         return {key: sum(int(v) for v in values if v is not None) for key, values in zip(keys, replies, strict=True)}
 
     def read(self, ip_id: int, day: date) -> dict[str, int]:
         return totals(self.read_fields(ip_id, day))
 
+    @_redis_reachable
     def read_fields(self, ip_id: int, day: date) -> dict[str, int]:
         """Live figures of one IP-day per ``counter:provider`` field."""
-        try:
-            raw = self.client.hgetall(day_tag(ip_id, day) + ":c")
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        raw = self.client.hgetall(day_tag(ip_id, day) + ":c")
         return {field.decode(): int(value) for field, value in raw.items()}
 
+    @_redis_reachable
     def ping(self) -> None:
-        try:
-            self.client.ping()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        self.client.ping()
 
     # --- Consolidation primitives (used by consolidation.py) ----------------------------------------
 
+    @_redis_reachable
     def pending_ip_days(self) -> list[tuple[int, date]]:
         """IP-days that may hold counts (from the index; no SCAN)."""
         return [parse_day_key(member.decode())[:2] for member in self.client.smembers(INDEX_KEY)]
 
+    @_redis_reachable
     def in_flight(self) -> list[Batch]:
         """Batches set aside by an earlier run that did not finish (killed, or failed)."""
         batches = []
@@ -304,6 +311,7 @@ class RedisCounterStore(CounterStore):
             batches.append(Batch(rest.removeprefix(":b:"), ip_id, day))
         return batches
 
+    @_redis_reachable
     def claim(self, ip_days: Iterable[tuple[int, date]], chunk: int = 1000) -> list[Batch]:
         """Rename each IP-day's hash to a new batch key and record the batch; returns the batches."""
         pairs = [(day_tag(ip_id, day), uuid.uuid4().hex) for ip_id, day in ip_days]
@@ -337,6 +345,7 @@ class RedisCounterStore(CounterStore):
                 self.client.srem(IN_FLIGHT_KEY, batch_key)
         return claimed
 
+    @_redis_reachable
     def read_batches(self, batches: Sequence[Batch]) -> list[dict[str, int]]:
         """Each batch's figures per ``counter:provider`` field, in one pipelined round trip."""
         pipe = self.client.pipeline(transaction=False)
@@ -344,6 +353,7 @@ class RedisCounterStore(CounterStore):
             pipe.hgetall(self.batch_key(batch))
         return [{field.decode(): int(value) for field, value in raw.items()} for raw in pipe.execute()]
 
+    @_redis_reachable
     def forget_batches(self, batches: Sequence[Batch]) -> None:
         """Delete batches that have reached `DailyStat`."""
         if not batches:
