@@ -444,6 +444,13 @@ def test_pmta_config_is_plain_text_for_the_callers_tenant(api, ips):
     assert "198.51.100.7" not in text
 
 
+def test_pmta_config_is_refused_in_dry_run(api, ips, settings):
+    settings.WARMUP_DRY_RUN = True
+    response = api.get("/api/v1/pmta-config")
+    assert response.status_code == 409
+    assert "WARMUP_DRY_RUN" in response.json()["detail"]
+
+
 def test_pmta_config_of_another_tenant_is_404(api, ips):
     assert api.get("/api/v1/pmta-config?tenant=other").status_code == 404
 

@@ -157,3 +157,13 @@ def test_command_prints_without_output_and_refuses_bad_input(tenant, tenant_ips,
         call_command("generate_pmta_config", "--tenant", "nope")
     with pytest.raises(CommandError, match="does not exist"):
         call_command("generate_pmta_config", "--tenant", "sos-expat", "--output", str(tmp_path / "no" / "x.conf"))
+
+
+def test_dry_run_generates_nothing_and_leaves_the_file_as_it_was(tenant, tenant_ips, tmp_path, settings):
+    settings.WARMUP_DRY_RUN = True
+    target = tmp_path / "warmup.conf"
+    target.write_text("old")
+
+    with pytest.raises(CommandError, match="WARMUP_DRY_RUN is on"):
+        call_command("generate_pmta_config", "--tenant", "sos-expat", "--output", str(target))
+    assert target.read_text() == "old"

@@ -23,7 +23,7 @@ from .engine import ACTIONS as PLAN_ACTIONS
 from .engine import ActionRefused, perform
 from .forecast import forecast
 from .monitoring import ip_entry, live_sent, monitored_ips, warmup_status
-from .mta_config import generate_pmta_config
+from .mta_config import DryRunActive, generate_pmta_config
 from .onboarding import add_domain_with_ip, resolve_tenant
 from .serializers import (
     AddDomainSerializer,
@@ -266,9 +266,14 @@ class PmtaConfigView(APIView):
         responses={
             (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, description="PowerMTA configuration text."),
             **ERROR_RESPONSES,
+            409: OpenApiResponse(OpenApiTypes.OBJECT, description="WARMUP_DRY_RUN is on: no quota reaches the MTA."),
         },
     )
     def get(self, request: Request) -> HttpResponse:
         query = _query(PmtaConfigQuerySerializer, request)
         tenant = permissions.tenant_from_query(request.user, query.get("tenant"), required=True)
-        return HttpResponse(generate_pmta_config(tenant), content_type="text/plain; charset=utf-8")
+        try:
+            text = generate_pmta_config(tenant)
+        except DryRunActive as exc:
+            raise Conflict(str(exc)) from None
+        return HttpResponse(text, content_type="text/plain; charset=utf-8")

@@ -92,9 +92,7 @@ class WarmupPlan(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     ip = models.OneToOneField(IP, on_delete=models.CASCADE, related_name="plan")
-    schedule = models.ForeignKey(
-        WarmupSchedule, null=True, blank=True, on_delete=models.SET_NULL, related_name="plans"
-    )
+    schedule = models.ForeignKey(WarmupSchedule, null=True, blank=True, on_delete=models.SET_NULL, related_name="plans")
     steps = models.JSONField(
         validators=[validate_steps], help_text="The plan's own copy of its schedule's daily quotas."
     )

@@ -11,6 +11,7 @@ import math
 from collections import defaultdict
 from datetime import datetime
 
+from django.conf import settings
 from django.utils import timezone
 
 from domains.models import IP, Domain, Tenant
@@ -19,6 +20,10 @@ from .engine import ip_daily_quota
 
 # IP statuses whose vmta is a pool member. Every other status keeps its vmta out of the pools.
 SENDING_STATUSES = (IP.Status.WARMING, IP.Status.ACTIVE)
+
+
+class DryRunActive(RuntimeError):
+    """WARMUP_DRY_RUN is on: the portal decides and records, but changes no quota the MTA sees."""
 
 
 def hourly_rate(daily_quota: int) -> int:
@@ -30,8 +35,14 @@ def generate_pmta_config(tenant: Tenant, *, now: datetime | None = None) -> str:
     """The tenant's PowerMTA configuration, to be included from the main config file.
 
     Retired IPs and domains are left out: they must not send, and a vmta that no pool names is
-    noise in the MTA's configuration.
+    noise in the MTA's configuration. In dry run nothing is generated (DryRunActive), so that a
+    scheduled "generate && pmta reload" leaves the MTA's configuration as it is.
     """
+    if settings.WARMUP_DRY_RUN:
+        raise DryRunActive(
+            "WARMUP_DRY_RUN is on: the portal records its decisions but changes no MTA quota, "
+            "so no PowerMTA configuration is generated. Turn dry run off to generate it."
+        )
     now = now or timezone.now()
     ips = list(
         IP.objects.for_tenant(tenant)

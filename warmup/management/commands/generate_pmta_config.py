@@ -7,7 +7,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from warmup.mta_config import generate_pmta_config
+from warmup.mta_config import DryRunActive, generate_pmta_config
 from warmup.onboarding import resolve_tenant
 
 
@@ -43,7 +43,10 @@ class Command(BaseCommand):
             tenant = resolve_tenant(options["tenant"])
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
-        text = generate_pmta_config(tenant)
+        try:
+            text = generate_pmta_config(tenant)
+        except DryRunActive as exc:
+            raise CommandError(str(exc)) from None
         if not options["output"]:
             self.stdout.write(text, ending="")
             return
