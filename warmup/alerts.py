@@ -55,6 +55,26 @@ def raise_alert(
     when: datetime | None = None,
 ) -> Alert:
     """Record an alert and deliver it to Telegram once the current transaction commits."""
+    alert = _new_alert(kind, tenant=tenant, message=message, ip=ip, figures=figures, when=when)
+    alert.save()
+    _dispatch(alert)
+    return alert
+
+
+def raise_alerts(specs: Iterable[Mapping]) -> list[Alert]:
+    """Several alerts (keyword arguments of raise_alert each) in one INSERT, delivered after commit.
+
+    The daily tick over thousands of plans may pause and complete many at once; one statement keeps
+    its query count independent of the number of plans.
+    """
+    records = [_new_alert(**spec) for spec in specs]
+    Alert.objects.bulk_create(records)
+    for alert in records:
+        _dispatch(alert)
+    return records
+
+
+def _new_alert(kind, *, tenant, message, ip=None, figures=None, when=None) -> Alert:
     chat_id = (tenant.telegram_chat_id if tenant is not None else "") or settings.TELEGRAM_CHAT_ID
     if settings.WARMUP_DRY_RUN:
         delivery = Alert.Delivery.DRY_RUN
@@ -62,7 +82,7 @@ def raise_alert(
         delivery = Alert.Delivery.NOT_CONFIGURED
     else:
         delivery = Alert.Delivery.PENDING
-    alert = Alert.objects.create(
+    return Alert(
         kind=kind,
         tenant=tenant,
         ip=ip,
@@ -72,13 +92,17 @@ def raise_alert(
         delivery=delivery,
         chat_id=chat_id,
     )
-    if delivery == Alert.Delivery.NOT_CONFIGURED:
-        logger.warning("Alert (Telegram not configured: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID): %s", message)
-    elif delivery == Alert.Delivery.DRY_RUN:
-        logger.info("Alert (dry run, not sent): %s", message)
+
+
+def _dispatch(alert: Alert) -> None:
+    if alert.delivery == Alert.Delivery.NOT_CONFIGURED:
+        logger.warning(
+            "Alert (Telegram not configured: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID): %s", alert.message
+        )
+    elif alert.delivery == Alert.Delivery.DRY_RUN:
+        logger.info("Alert (dry run, not sent): %s", alert.message)
     else:
         transaction.on_commit(partial(deliver, alert))
-    return alert
 
 
 def deliver(alert: Alert) -> Alert:

@@ -21,7 +21,6 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
-from functools import partial
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -241,55 +240,7 @@ class _Changes:
         _bulk_save(Domain, list(self.domains.values()), ("status",))
         if self.events:
             AuditEvent.objects.bulk_create(self.events)
-        _raise_alerts(self.alerts)
-
-
-def _raise_alerts(specs: list[dict]) -> None:
-    """Record the alerts and deliver them after commit, as `alerts.raise_alert` does.
-
-    Several at once (a tick over thousands of plans pauses and completes many) are written with one
-    INSERT, with the delivery fields raise_alert would give them, so that the tick's query count stays
-    independent of the number of plans; each is then delivered by `alerts.deliver` after commit.
-    """
-    if len(specs) < 2:
-        for spec in specs:
-            alerts.raise_alert(
-                spec["kind"],
-                tenant=spec["tenant"],
-                ip=spec["ip"],
-                message=spec["message"],
-                figures=spec["figures"],
-                when=spec["when"],
-            )
-        return
-    records = []
-    for spec in specs:
-        tenant = spec["tenant"]
-        chat_id = (tenant.telegram_chat_id if tenant is not None else "") or settings.TELEGRAM_CHAT_ID
-        if settings.WARMUP_DRY_RUN:
-            delivery = Alert.Delivery.DRY_RUN
-        elif not settings.TELEGRAM_BOT_TOKEN or not chat_id:
-            delivery = Alert.Delivery.NOT_CONFIGURED
-        else:
-            delivery = Alert.Delivery.PENDING
-        records.append(
-            Alert(
-                kind=spec["kind"],
-                tenant=tenant,
-                ip=spec["ip"],
-                message=spec["message"],
-                figures=dict(spec["figures"]),
-                created_at=spec["when"],
-                delivery=delivery,
-                chat_id=chat_id,
-            )
-        )
-    Alert.objects.bulk_create(records)
-    for record in records:
-        if record.delivery == Alert.Delivery.PENDING:
-            transaction.on_commit(partial(alerts.deliver, record))
-        else:
-            logger.info("Alert (%s, not sent): %s", record.get_delivery_display(), record.message)
+        alerts.raise_alerts(self.alerts)
 
 
 def _bulk_save(model, objs: list, fields: Iterable[str], originals: dict | None = None) -> None:
