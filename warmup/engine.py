@@ -15,7 +15,6 @@ plan (pending while scheduled, warming and paused with weight 0, active with wei
 
 from __future__ import annotations
 
-import logging
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable
@@ -32,8 +31,6 @@ from domains.models import IP, Domain, Tenant
 from . import alerts
 from .consolidation import consolidate
 from .models import Alert, AuditEvent, WarmupPlan, day_range, rate
-
-logger = logging.getLogger(__name__)
 
 ACTIONS = ("pause", "resume", "rollback", "advance", "complete", "cancel")
 
