@@ -46,7 +46,7 @@ lint: dev-venv
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 bench: dev-venv
-	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) QUICK=$(QUICK) $(BIN)/python bench/run_all.py
+	@DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) QUICK=$(QUICK) $(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) staticfiles var .pytest_cache .ruff_cache

@@ -153,7 +153,7 @@ def body(figures: Figures) -> None:
     harness.setup_django()
     from django.urls import Resolver404, resolve
 
-    need_store = harness.need("warmup.counters", "get_store")  # noqa: F841 - presence check
+    harness.need("warmup.counters", "get_store")
     try:
         resolve(PATH)
     except Resolver404:
