@@ -766,34 +766,27 @@ def _manual_rollback(plan, day, when, changes, actor, reason):
     _refuse_unless(plan, (Plan.Status.WARMING, Plan.Status.PAUSED), "roll back")
     if plan.phase_index == 0:
         raise ActionRefused("Cannot roll back: the plan is already in its first phase.")
-    from_phase, from_status = plan.phase, plan.status
-    _phase_move(plan, plan.phase_index - 1)
     # Rates are judged afresh from the rollback on (PRODUCT.md section 5, rule 3).
-    plan.window_start_date = day
-    changes.plan(plan)
-    return changes.event(
-        plan,
-        Kind.MANUAL_ROLLBACK,
-        day=day,
-        when=when,
-        from_phase=from_phase,
-        from_status=from_status,
-        figures={"daily_quota": plan.phase_quota},
-        reason=reason,
-        actor=actor,
-    )
+    return _manual_phase_move(plan, -1, Kind.MANUAL_ROLLBACK, day, when, changes, actor, reason, window_from=day)
 
 
 def _manual_advance(plan, day, when, changes, actor, reason):
     _refuse_unless(plan, (Plan.Status.WARMING, Plan.Status.PAUSED), "advance")
     if plan.phase_index + 1 >= len(plan.steps):
         raise ActionRefused("Cannot advance: the plan is in its last phase (use complete).")
+    return _manual_phase_move(plan, +1, Kind.MANUAL_ADVANCE, day, when, changes, actor, reason)
+
+
+def _manual_phase_move(plan, step, kind, day, when, changes, actor, reason, window_from=None):
+    """Move the plan `step` phases (one back or one forward) for a person, with its audit event."""
     from_phase, from_status = plan.phase, plan.status
-    _phase_move(plan, plan.phase_index + 1)
+    _phase_move(plan, plan.phase_index + step)
+    if window_from is not None:
+        plan.window_start_date = window_from
     changes.plan(plan)
     return changes.event(
         plan,
-        Kind.MANUAL_ADVANCE,
+        kind,
         day=day,
         when=when,
         from_phase=from_phase,
