@@ -6,6 +6,12 @@ from django.conf import settings
 from .factories import TenantFactory, UserFactory
 
 
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Tests build users with passwords; the production hasher costs about a second each here."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def tenant(db):
     return TenantFactory(name="SOS-Expat", slug="sos-expat")

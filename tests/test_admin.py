@@ -39,12 +39,6 @@ def frozen_clock():
 
 
 @pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    """The users are logged in with force_login: a slow hash only costs time."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def clean_counters(redis_client):
     """Each test starts with an empty counter store (its own Redis database)."""
     return redis_client

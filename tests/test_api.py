@@ -24,12 +24,6 @@ def frozen_clock():
         yield
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # Users are built with a password; the production hasher costs about a second each here.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def other_tenant():
     return TenantFactory(name="Other", slug="other")

@@ -35,7 +35,6 @@ CHART_JS = Path(__file__).resolve().parent.parent / "static" / "vendor" / "chart
 @pytest.fixture
 def demo(transactional_db, redis_client, settings):
     """The demo tenant with five weeks of history, and a superuser to log in with."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast; not what is tested
     with time_machine.travel(NOW, tick=True):
         call_command("seed_demo", "--history", verbosity=0)
         UserFactory(username="root", is_superuser=True, password=PASSWORD)

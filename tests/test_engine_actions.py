@@ -18,7 +18,6 @@ NOW = dt.datetime(2027, 1, 20, 14, 0, tzinfo=dt.UTC)
 
 @pytest.fixture
 def operator(db, settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast; not what is tested
     return UserFactory(username="operator")
 
 

@@ -230,7 +230,6 @@ def test_seed_demo_with_history_simulates_five_weeks_and_is_idempotent():
 
 @pytest.mark.django_db
 def test_ensure_admin_creates_the_superuser_once_and_prints_the_password_once(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast; not what is tested
     output = run("ensure_admin")
     password = re.search(r"with password: (\S+)", output).group(1)
     admin = get_user_model().objects.get(username="admin")

@@ -48,11 +48,6 @@ def frozen_clock():
         yield
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def populate(slug: str, address: str) -> dict:
     """A tenant with one object of every tenant-scoped model (and a webhook token)."""
     tenant = TenantFactory(slug=slug, name=slug.title())

@@ -41,7 +41,6 @@ def frozen_clock():
 @pytest.fixture
 def demo(tenant, settings):
     """The demo tenant: mail1..5.sos-mail.com active on 45.123.10.1..5, mail6 in week_2, with stats."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     for n in range(1, 6):
         domain = DomainFactory(tenant=tenant, name=f"mail{n}.sos-mail.com", status="active")
         plan_in_state("completed", domain=domain, address=f"45.123.10.{n}")

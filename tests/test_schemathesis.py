@@ -28,7 +28,6 @@ MAX_EXAMPLES = 40
 @pytest.fixture
 def member_token(db, redis_client, settings) -> str:
     """A member of "sos-expat" (warming, active, paused and scheduled IPs with stats); another tenant too."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.WARMUP_DRY_RUN = True
     tenant = TenantFactory(slug="sos-expat", name="SOS-Expat", time_zone="Europe/Paris")
     other = TenantFactory(slug="other", name="Other")

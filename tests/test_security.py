@@ -26,11 +26,6 @@ EVENTS = "/api/v1/webhooks/events/"
 PASSWORD = "correct horse battery staple"
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 # --- Admin login brute force -------------------------------------------------------------------------
 
 
