@@ -1,10 +1,13 @@
 """The daily tick (PRODUCT.md section 5): timeline, pauses and rollbacks, progress, catch-up, idle re-warm."""
 
 import datetime as dt
+import io
+import json
 import zoneinfo
 
 import pytest
 import time_machine
+from django.core.management import call_command
 
 from domains.models import IP, Domain
 from warmup import engine
@@ -109,6 +112,23 @@ def test_full_quota_and_clean_rates_complete_after_42_days():
     kinds = [e[1] for e in timeline(plan)]
     assert kinds == ["advanced"] * 5 + ["completed"]
     assert Alert.objects.filter(kind=Alert.Kind.COMPLETED, ip=plan.ip).count() == 1
+
+    # What an operator's script sees on day 43.
+    out = io.StringIO()
+    with time_machine.travel(dt.datetime.combine(day_n(43), dt.time(9), tzinfo=UTC), tick=False):
+        call_command("warmup_status", "--json", stdout=out)
+    [entry] = json.loads(out.getvalue())["ips"]
+    assert entry == {
+        **entry,
+        "ip": plan.ip.address,
+        "status": "active",
+        "plan_status": "completed",
+        "phase": "completed",
+        "daily_quota": 10000,
+        "warmup_duration_days": 42,
+        "start_date": START.isoformat(),
+        "needs_attention": False,
+    }
 
 
 @pytest.mark.django_db
