@@ -4,17 +4,25 @@ audit events, alerts and schedules.
 Every changelist is tenant-scoped (`domains.admin.TenantScopedAdmin`) and runs a fixed number of queries
 whatever the page size: related rows come with `list_select_related`, last-day rates with subqueries,
 today's sent with one counter-store round trip per page. Actions call `warmup.engine.perform_many`.
+The daily stats' date hierarchy is bounded by the first and last date shown instead of Django's
+DISTINCT scans of a million rows (`BoundedDateHierarchyChangeList`).
 """
 
 from __future__ import annotations
 
+from datetime import date, datetime, timedelta
+
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import Count, FloatField, OuterRef, Subquery, Value
 from django.db.models.functions import Cast, Coalesce, NullIf
 from django.urls import reverse
+from django.utils import formats, timezone
 from django.utils.html import format_html
+from django.utils.text import capfirst
+from django.utils.translation import gettext as _
 from django.utils.translation import ngettext
 
 from domains.admin import LargeTablePaginator, TenantListFilter, TenantScopedAdmin
@@ -374,6 +382,109 @@ class WarmupPlanAdmin(PlanActionsMixin, TenantScopedAdmin):
 # --- Daily stats -----------------------------------------------------------------------------------
 
 
+def _next_month(day: date) -> date:
+    return (day.replace(day=1) + timedelta(days=32)).replace(day=1)
+
+
+class BoundedDateHierarchyChangeList(ChangeList):
+    """A changelist whose date hierarchy is built from the first and last date shown, not DISTINCT scans.
+
+    Django's date hierarchy lists the years, months or days that have rows with
+    `SELECT DISTINCT DATE_TRUNC(...)` over every row of the level: the whole table on the first page,
+    a month's worth of rows once a month is picked (over 300 ms at a million daily stats). Here the
+    first and last date of the filtered rows (two index probes, `_date_bounds`) bound the level, and
+    the years, months or days between the bounds are generated. The drill-down and its links are
+    Django's own (same parameters, same template); a period inside the bounds that has no row is
+    offered too and simply shows an empty page. `admin/warmup/dailystat/change_list.html` renders it.
+    """
+
+    def date_hierarchy_drilldown(self) -> dict:
+        """The context of `admin/date_hierarchy.html`: `show`, `back` and `choices`, as Django builds it."""
+        field_name = self.date_hierarchy
+        year_field, month_field, day_field = (f"{field_name}__{part}" for part in ("year", "month", "day"))
+        year, month, day = (self.params.get(name) for name in (year_field, month_field, day_field))
+
+        def link(filters: dict) -> str:
+            return self.get_query_string(filters, [f"{field_name}__"])
+
+        if year and month and day:
+            # The deepest level lists only the chosen day: nothing to query.
+            chosen = date(int(year), int(month), int(day))
+            return {
+                "show": True,
+                "back": {
+                    "link": link({year_field: year, month_field: month}),
+                    "title": capfirst(formats.date_format(chosen, "YEAR_MONTH_FORMAT")),
+                },
+                "choices": [{"title": capfirst(formats.date_format(chosen, "MONTH_DAY_FORMAT"))}],
+            }
+
+        first, last = self._date_bounds()
+        if first is None:  # nothing in the chosen period (or at all): Django's empty level
+            if year and month:
+                back = {"link": link({year_field: year}), "title": str(year)}
+            else:
+                back = {"link": link({}), "title": _("All dates")} if year else None
+            return {"show": True, "back": back, "choices": []}
+        if not year and first.year == last.year:
+            # Django's starting level: one year (or one month) of rows opens on its months (or days).
+            year = first.year
+            if first.month == last.month:
+                month = first.month
+
+        if year and month:
+            days = (first + timedelta(days=n) for n in range((last - first).days + 1))
+            return {
+                "show": True,
+                "back": {"link": link({year_field: year}), "title": str(year)},
+                "choices": [
+                    {
+                        "link": link({year_field: year, month_field: month, day_field: d.day}),
+                        "title": capfirst(formats.date_format(d, "MONTH_DAY_FORMAT")),
+                    }
+                    for d in days
+                ],
+            }
+        if year:
+            months = []
+            current = first.replace(day=1)
+            while current <= last:
+                months.append(current)
+                current = _next_month(current)
+            return {
+                "show": True,
+                "back": {"link": link({}), "title": _("All dates")},
+                "choices": [
+                    {
+                        "link": link({year_field: year, month_field: m.month}),
+                        "title": capfirst(formats.date_format(m, "YEAR_MONTH_FORMAT")),
+                    }
+                    for m in months
+                ],
+            }
+        return {
+            "show": True,
+            "back": None,
+            "choices": [
+                {"link": link({year_field: str(y)}), "title": str(y)} for y in range(first.year, last.year + 1)
+            ],
+        }
+
+    def _date_bounds(self) -> tuple[date | None, date | None]:
+        """First and last date of the rows the page shows (filters, search and the chosen period applied).
+
+        Two `ORDER BY date LIMIT 1` rather than one `MIN(), MAX()`: PostgreSQL reads MIN/MAX from the
+        index only for a single table, and a tenant filter or a member's scope joins the IPs, which would
+        turn MIN/MAX into a scan of every matching row; the ordered reads stop at the first match.
+        """
+        field = self.date_hierarchy
+        rows = self.queryset.filter(**{f"{field}__isnull": False}).values_list(field, flat=True)
+        first, last = rows.order_by(field).first(), rows.order_by(f"-{field}").first()
+        if isinstance(first, datetime):  # a DateTimeField: its local dates, as Django's hierarchy shows
+            first, last = (timezone.localtime(v).date() if timezone.is_aware(v) else v.date() for v in (first, last))
+        return first, last
+
+
 @admin.register(DailyStat)
 class DailyStatAdmin(TenantScopedAdmin):
     list_display = (
@@ -400,6 +511,19 @@ class DailyStatAdmin(TenantScopedAdmin):
     show_facets = admin.ShowFacets.NEVER  # "Show counts" would COUNT every filter option
     paginator = LargeTablePaginator
     list_per_page = 100
+
+    def get_changelist(self, request, **kwargs):
+        return BoundedDateHierarchyChangeList
+
+    def action_checkbox(self, obj):
+        # Django's markup, without rendering the checkbox widget's template for each of the page's 100 rows
+        # (about a fifth of the list's rendering time).
+        return format_html(
+            '<input type="checkbox" name="{}" value="{}" class="action-select" aria-label="{}">',
+            helpers.ACTION_CHECKBOX_NAME,
+            obj.pk,
+            format_html(_("Select this object for an action - {}"), str(obj)),
+        )
 
     def get_queryset(self, request):
         return (

@@ -224,8 +224,10 @@ class DailyStat(models.Model):
             models.UniqueConstraint(fields=["ip", "date"], name="dailystat_unique_ip_date"),
         ]
         indexes = [
-            # The admin's date hierarchy and "latest days first" changelist.
-            models.Index(fields=["date"], name="dailystat_date_idx"),
+            # The admin changelist's page, in its order (ORDER BY date DESC, ip_id LIMIT 100): read straight
+            # from the index instead of sorting the 10,000 rows of the latest day; its leading column also
+            # serves the date hierarchy's MIN/MAX(date) and every date-range filter (retention, dashboard).
+            models.Index(fields=["-date", "ip"], name="dailystat_date_ip_idx"),
         ]
 
     def __str__(self) -> str:
