@@ -308,14 +308,25 @@ def test_saving_other_fields_of_an_ip_keeps_the_cache(send, ips):  # noqa: F811
 
 
 @time_machine.travel(NOW, tick=False)
-def test_webhooks_skip_sessions_and_csrf_but_keep_the_security_headers(send, ips, client):  # noqa: F811
+def test_webhooks_skip_sessions_and_csrf_while_the_site_keeps_them(send, ips, client):  # noqa: F811
     response = send(headers={"HTTP_COOKIE": "sessionid=abc; csrftoken=def"})
     assert response.status_code == 200
-    assert response["X-Content-Type-Options"] == "nosniff"  # SecurityMiddleware still ran
     assert "Cookie" not in response.get("Vary", "") and not response.cookies
     # The rest of the site still goes through the whole stack.
     login = client.get("/admin/login/")
-    assert "csrftoken" in login.cookies and login["X-Frame-Options"] == "DENY"
+    assert "csrftoken" in login.cookies
+    assert login["X-Frame-Options"] == "DENY" and login["X-Content-Type-Options"] == "nosniff"
+
+
+@time_machine.travel(NOW, tick=False)
+def test_the_https_redirect_still_applies_unless_the_webhooks_are_exempt(poster, ips, settings, clock):  # noqa: F811
+    settings.SECURE_SSL_REDIRECT = True
+    assert poster.post_json(EVENTS, event("45.123.10.1", 1)).status_code == 200  # exempt by the settings
+    settings.SECURE_REDIRECT_EXEMPT = []
+    poster.client = type(poster.client)()  # a new handler reads the settings again
+    response = poster.post_json(EVENTS, event("45.123.10.1", 2))
+    assert response.status_code == 301 and response["Location"].startswith("https://")
+    assert poster.post_json(EVENTS, event("45.123.10.1", 3), secure=True).json()["accepted"] == 1
 
 
 def test_webhooks_still_refuse_a_host_outside_allowed_hosts(poster, ips, clock):  # noqa: F811

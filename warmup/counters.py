@@ -15,8 +15,12 @@ Two backends behind one interface (PRODUCT.md sections 3 and 6):
 Consolidation (`consolidation.py`) moves finished days into `DailyStat`; it uses the storage primitives at
 the end of each class (pending IP-days, claiming, reading and forgetting batches).
 
-This is the webhooks' hot path: `apply()` builds the script's arguments with plain lists and does no
-per-event work beyond a few dictionary look-ups.
+This is the webhooks' hot path. `count_grouped()` takes a batch already grouped by what its events add
+(the ingestion pipeline builds the groups as it attributes, a dictionary append per event), so this
+side does no per-event work but joining the keys, and the script adds each group's total once per field
+(`HINCRBY` per IP-day and field, not per event); the only per-event Redis work left is the
+de-duplication key's `SET NX EX`. `apply()` (the interface for everyone else) groups its increments
+and runs the same script.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from functools import cache, wraps
+from functools import cache, lru_cache, wraps
 
 import redis
 from django.conf import settings
@@ -55,6 +59,24 @@ class Increment:
     counts: Mapping[str, int]
     provider: str = "other"
     dedup_key: str | None = None  # None: always counted
+
+
+# A group of events that add the same counts to the same IP-day hash field set:
+# (ip id, day, provider, counts as sorted (counter, amount) pairs).
+GroupKey = tuple[int, date, str, tuple[tuple[str, int], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class HashWrite:
+    """Fields set in one Redis hash, with an expiry, in the same round trip as a batch's counts.
+
+    The ingestion pipeline's message references: written atomically with the counts they came with.
+    `fields` is flat: field, value, field, value ...
+    """
+
+    key: str
+    fields: Sequence[str | int]
+    ttl: int
 
 
 class CounterStoreUnavailable(Exception):
@@ -86,6 +108,31 @@ def totals(fields: Mapping[str, int]) -> dict[str, int]:
     return result
 
 
+def group_increments(increments: Sequence[Increment]) -> tuple[dict[GroupKey, list[str | None]], list[tuple]]:
+    """Increments as `count_grouped()` groups, and where each increment went: (group key, position)."""
+    groups: dict[GroupKey, list[str | None]] = {}
+    places = []
+    for inc in increments:
+        check_increment(inc)  # here, not per group: 1 and True are the same group key
+        key = (inc.ip_id, inc.day, inc.provider, tuple(sorted(inc.counts.items())))
+        keys = groups.get(key)
+        if keys is None:
+            keys = groups[key] = []
+        places.append((key, len(keys)))
+        keys.append(inc.dedup_key)
+    return groups, places
+
+
+@lru_cache(maxsize=4096)
+def _fields_of(provider: str, counts: tuple[tuple[str, int], ...]) -> tuple[str | int, ...]:
+    """The hash fields and amounts of a group, checked once (batches repeat a few combinations)."""
+    check_increment(Increment(0, date.min, dict(counts), provider))
+    fields: list[str | int] = []
+    for name, value in counts:
+        fields += (f"{name}:{provider}", value)
+    return tuple(fields)
+
+
 def check_increment(inc: Increment) -> None:
     """ValueError naming the problem when an increment names an unknown counter or provider."""
     unknown = set(inc.counts) - _COUNTER_SET
@@ -105,6 +152,21 @@ class CounterStore:
         """De-duplicate and count a batch atomically; True = counted, False = duplicate."""
         raise NotImplementedError
 
+    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None = None) -> int:
+        """`apply()` for a batch grouped by what its events add: each group's de-duplication keys (None:
+        always counted). Atomic like `apply()`; returns how many were counted (the rest were duplicates).
+
+        `also` (Redis only) is written in the same round trip, before anything is counted.
+        """
+        if also is not None:
+            raise ValueError(f"{type(self).__name__} writes no Redis hash")
+        increments = [
+            Increment(ip_id, day, dict(items), provider, dedup_key)
+            for (ip_id, day, provider, items), keys in groups.items()
+            for dedup_key in keys
+        ]
+        return sum(self.apply(increments))
+
     def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
         """Live "sent" of several IP-days, in one round trip."""
         raise NotImplementedError
@@ -123,46 +185,79 @@ class CounterStore:
 INDEX_KEY = "wp:index:ipdays"  # IP-days holding counts (members are their hash keys)
 IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and not yet forgotten
 
-# KEYS: the batch's IP-day hashes, then (single node) the index key. ARGV[1] = de-duplication TTL in
-# seconds, ARGV[2] = position of the index key in KEYS (0: none), ARGV[3] = the increments as JSON:
-# [[hash position, de-duplication key or 0, field, "amount", field, "amount", ...], ...]. One JSON string
-# rather than thousands of arguments: encoding many arguments costs redis-py far more than the script
-# costs Redis. A de-duplication key is built from its hash's tag, so it lives in the hash's slot.
-# Returns one character per increment: "1" counted, "0" duplicate.
+# KEYS: the batch's IP-day hashes, then (single node) the index key, then (optionally) a hash to write
+# first. ARGV[1] = de-duplication TTL in seconds, ARGV[2] = position of the index key in KEYS (0: none),
+# ARGV[3] = the groups as JSON: [[hash position, [field, amount, ...], events without a de-duplication
+# key, key width, keys], ...] where the keys are one string of keys of `key width` characters each
+# (the usual case: digests) or, with a width of 0, a list of strings. ARGV[4] = position of the hash to
+# write (0: none), ARGV[5] = its expiry in seconds, ARGV[6] = its fields as a JSON array [field, value,
+# field, value, ...].
+# A few JSON strings rather than thousands of arguments: encoding many arguments costs redis-py far
+# more than decoding costs the script. A de-duplication key is built from its hash's tag, so it lives
+# in the hash's slot. The counts of a group are added once per field after its keys are checked, and
+# the fields of the groups of a hash are summed first: a few hundred HINCRBY per batch of thousands of
+# events (Lua numbers are doubles: exact for any count below 2^53).
+# Returns, per group, {number counted, 1-based positions among its keys of the duplicates ...}.
 _APPLY_LUA = """
 local ttl = ARGV[1]
 local index = tonumber(ARGV[2])
-local flags = {}
-local tags = {}
-local touched = {}
-for i, inc in ipairs(cjson.decode(ARGV[3])) do
-  local h = inc[1]
-  local counted = true
-  if inc[2] ~= 0 then
-    local tag = tags[h]
-    if not tag then
-      tag = string.sub(KEYS[h], 1, -3)
-      tags[h] = tag
-    end
-    counted = redis.call('SET', tag .. ':d:' .. inc[2], '1', 'NX', 'EX', ttl)
+local extra = tonumber(ARGV[4])
+if extra > 0 then
+  local fields = cjson.decode(ARGV[6])
+  local key = KEYS[extra]
+  -- unpack() is bounded by the Lua stack: write a few thousand fields at a time.
+  for first = 1, #fields, 4000 do
+    redis.call('HSET', key, unpack(fields, first, math.min(first + 3999, #fields)))
   end
-  if counted then
-    local hash = KEYS[h]
-    for j = 3, #inc, 2 do
-      redis.call('HINCRBY', hash, inc[j], inc[j + 1])
+  redis.call('EXPIRE', key, ARGV[5])
+end
+local results = {}
+local sums = {}
+for g, group in ipairs(cjson.decode(ARGV[3])) do
+  local h, fields, counted, width, keys = group[1], group[2], group[3], group[4], group[5]
+  local result = {0}
+  local prefix = string.sub(KEYS[h], 1, -3) .. ':d:'
+  if width > 0 then
+    local n = 0
+    for first = 1, #keys, width do
+      n = n + 1
+      if redis.call('SET', prefix .. string.sub(keys, first, first + width - 1), '1', 'NX', 'EX', ttl) then
+        counted = counted + 1
+      else
+        result[#result + 1] = n
+      end
     end
-    touched[h] = true
-    flags[i] = '1'
   else
-    flags[i] = '0'
+    for n, key in ipairs(keys) do
+      if redis.call('SET', prefix .. key, '1', 'NX', 'EX', ttl) then
+        counted = counted + 1
+      else
+        result[#result + 1] = n
+      end
+    end
+  end
+  result[1] = counted
+  results[g] = result
+  if counted > 0 then
+    local hash = sums[h]
+    if not hash then
+      hash = {}
+      sums[h] = hash
+    end
+    for j = 1, #fields, 2 do
+      hash[fields[j]] = (hash[fields[j]] or 0) + fields[j + 1] * counted
+    end
   end
 end
-if index > 0 then
-  for h in pairs(touched) do
+for h, fields in pairs(sums) do
+  for field, amount in pairs(fields) do
+    redis.call('HINCRBY', KEYS[h], field, amount)
+  end
+  if index > 0 then
     redis.call('SADD', KEYS[index], KEYS[h])
   end
 end
-return table.concat(flags)
+return results
 """
 
 # Set aside IP-days for consolidation. KEYS: the index, the in-flight set, then pairs (day hash, batch
@@ -180,6 +275,10 @@ for i = 3, #KEYS, 2 do
 end
 return claimed
 """
+
+
+# ASCII-only JSON (the default): every byte sent is ASCII, and the script's cjson decodes the escapes.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def day_tag(ip_id: int, day: date) -> str:
@@ -221,55 +320,84 @@ class RedisCounterStore(CounterStore):
     def apply(self, increments: Sequence[Increment]) -> list[bool]:
         if not increments:
             return []
-        if not self.cluster:
-            return self._run_apply(increments, with_index=True)
-        return self._apply_on_cluster(increments)
+        groups, places = group_increments(increments)
+        duplicates = self._count(groups, None)
+        return [(place not in duplicates) for place in places]
 
-    def _run_apply(self, increments: Sequence[Increment], with_index: bool) -> list[bool]:
+    @_redis_reachable
+    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None = None) -> int:
+        duplicates = self._count(groups, also)
+        return sum(len(keys) for keys in groups.values()) - len(duplicates)
+
+    def _count(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None) -> set[tuple]:
+        """Run the script; returns the duplicates as (group key, position in the group)."""
+        if not self.cluster:
+            return self._run_apply(list(groups.items()), also, with_index=True)[0]
+        # One script call per hash slot (a script may only touch keys of one slot), the extra hash
+        # first (a batch whose references cannot be written is not counted), then the index, written
+        # after the counts so that consolidation, which removes an index entry before renaming the
+        # hash, never loses an IP-day.
+        if also is not None:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(also.key, items=list(also.fields))
+            pipe.expire(also.key, also.ttl)
+            pipe.execute()
+        by_slot: dict[int, list] = defaultdict(list)
+        for item in groups.items():
+            ip_id, day = item[0][:2]
+            by_slot[self.client.keyslot(day_tag(ip_id, day))].append(item)
+        duplicates: set[tuple] = set()
+        touched = set()
+        for items in by_slot.values():
+            found, counted_hashes = self._run_apply(items, None, with_index=False)
+            duplicates |= found
+            touched |= counted_hashes
+        if touched:
+            self.client.sadd(INDEX_KEY, *touched)
+        return duplicates
+
+    def _run_apply(self, items: list, also: HashWrite | None, with_index: bool) -> tuple[set[tuple], set[str]]:
+        """One script call for the groups `items`; (duplicates, hashes that received counts)."""
         keys: list[str] = []
-        records: list[list] = []
         hashes: dict[tuple[int, date], int] = {}
-        counters, providers = _COUNTER_SET, _PROVIDER_SET
-        for inc in increments:
-            position = hashes.get((inc.ip_id, inc.day))
+        encoded = []
+        keyed_positions: dict[int, list[int]] = {}  # groups with unkeyed events: where their keys are
+        for number, (key, dedup_keys) in enumerate(items):
+            ip_id, day, provider, counts = key
+            fields = _fields_of(provider, counts)
+            position = hashes.get((ip_id, day))
             if position is None:
-                keys.append(day_tag(inc.ip_id, inc.day) + ":c")
-                position = hashes[(inc.ip_id, inc.day)] = len(keys)
-            counts = inc.counts
-            if inc.provider not in providers or not counters.issuperset(counts):
-                check_increment(inc)
-            suffix = ":" + inc.provider
-            record = [position, inc.dedup_key or 0]
-            for name, value in counts.items():
-                if value < 0:
-                    check_increment(inc)
-                record += (name + suffix, str(value))  # strings: Lua would format numbers slowly
-            records.append(record)
-        index = 0
+                keys.append(day_tag(ip_id, day) + ":c")
+                position = hashes[(ip_id, day)] = len(keys)
+            unkeyed = 0
+            if None in dedup_keys:
+                keyed_positions[number] = [i for i, k in enumerate(dedup_keys) if k is not None]
+                unkeyed = len(dedup_keys) - len(keyed_positions[number])
+                dedup_keys = [k for k in dedup_keys if k is not None]
+            width = len(dedup_keys[0]) if dedup_keys else 0
+            if width and len(set(map(len, dedup_keys))) == 1:
+                encoded.append((position, fields, unkeyed, width, "".join(dedup_keys)))
+            else:
+                encoded.append((position, fields, unkeyed, 0, dedup_keys))
+        index = extra = 0
         if with_index:
             keys.append(INDEX_KEY)
             index = len(keys)
-        flags = self._apply_script(keys=keys, args=[self._ttl, index, json.dumps(records, separators=(",", ":"))])
-        return [flag == 49 for flag in flags]  # b"1"
-
-    def _apply_on_cluster(self, increments: Sequence[Increment]) -> list[bool]:
-        # One script call per hash slot (a script may only touch keys of one slot), then the index,
-        # written after the counts so that consolidation, which removes an index entry before renaming
-        # the hash, never loses an IP-day.
-        groups: dict[int, list[int]] = defaultdict(list)
-        for position, inc in enumerate(increments):
-            groups[self.client.keyslot(day_tag(inc.ip_id, inc.day))].append(position)
-        result = [False] * len(increments)
+        extra_args: list = [0, 0, ""]
+        if also is not None:
+            keys.append(also.key)
+            extra = len(keys)
+            extra_args = [extra, also.ttl, _dumps(list(also.fields))]
+        replies = self._apply_script(keys=keys, args=[self._ttl, index, _dumps(encoded), *extra_args])
+        duplicates = set()
         touched = set()
-        for positions in groups.values():
-            group = [increments[p] for p in positions]
-            for position, flag in zip(positions, self._run_apply(group, with_index=False), strict=True):
-                result[position] = flag
-                if flag:
-                    touched.add(day_tag(increments[position].ip_id, increments[position].day) + ":c")
-        if touched:
-            self.client.sadd(INDEX_KEY, *touched)
-        return result
+        for number, ((key, _), (counted, *found)) in enumerate(zip(items, replies, strict=True)):
+            if found:
+                places = keyed_positions.get(number)
+                duplicates.update((key, places[n - 1] if places else n - 1) for n in found)
+            if counted and not with_index:
+                touched.add(keys[hashes[key[:2]] - 1])
+        return duplicates, touched
 
     @_redis_reachable
     def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:

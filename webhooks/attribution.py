@@ -3,16 +3,22 @@
 In order: the IP the record names (an IP of another tenant is unknown here: a token credits only its
 tenant's IPs), else the MTA source name (PowerMTA vmta, KumoMTA egress_source = `IP.mta_source_name`),
 else a message reference (Message-Id, or MailWizz's campaign/subscriber pair) remembered from the
-delivery report for WEBHOOK_MESSAGE_REF_TTL_DAYS. References live in Redis (SET with EX, pipelined:
-one round trip to write and one to read per batch) with the Redis counter store, else in the
-`MessageRef` table.
+delivery report for WEBHOOK_MESSAGE_REF_TTL_DAYS. References live in Redis with the Redis counter
+store, else in the `MessageRef` table.
+
+In Redis, a tenant's references of one day (the day they were written) share one hash that expires a
+day after the retention: a batch writes its thousands of references with one HSET, which the
+ingestion pipeline folds into the counter store's script (one round trip for references and counts),
+and reading a batch's references is one HMGET per day of retention, pipelined.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from itertools import chain
 
 import redis
 from django.conf import settings
@@ -20,7 +26,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from domains.models import IP, Tenant, normalise_ip
-from warmup.counters import CounterStoreUnavailable, get_redis
+from warmup.counters import CounterStoreUnavailable, HashWrite, get_redis
 from webhooks.models import MessageRef
 
 
@@ -55,58 +61,84 @@ class Attributor:
 
 
 def _stored_ref(ref: str) -> str:
-    # Message-Ids are whatever the sender wrote: bound the stored key, keep it unambiguous (and free
-    # of the separators the Redis write uses).
-    if len(ref) <= 200 and "\t" not in ref and "\n" not in ref:
+    # Message-Ids are whatever the sender wrote: bound the stored key, keep it unambiguous (free of the
+    # separators the earlier Redis layout used) and valid UTF-8 (a JSON record may hold a lone surrogate).
+    if len(ref) <= 200 and "\t" not in ref and "\n" not in ref and (ref.isascii() or _is_utf8(ref)):
         return ref
     return "h:" + hashlib.blake2b(ref.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
 
 
-# Sets every reference of a batch with its expiry in one call. The references travel as one
-# "ref<TAB>ip<LF>..." argument: redis-py packs each argument in Python, and a batch has thousands.
-# KEYS[1] is the tenant's key prefix; its hash tag routes the call to the slot holding every key it sets.
-_WRITE_LUA = r"""
-local prefix, ttl, n = KEYS[1], ARGV[1], 0
-for ref, ip in string.gmatch(ARGV[2], "([^\t\n]+)\t([^\n]+)\n") do
-  redis.call('SET', prefix .. ref, ip, 'EX', ttl)
-  n = n + 1
-end
-return n
-"""
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class RedisMessageRefs:
-    """References as Redis strings `wp:ref:{t<tenant>}:<ref>` -> IP id, expiring on their own.
+    """References as fields of daily hashes `wp:refs:{t<tenant>}:<YYYY-MM-DD>` (ref -> IP id).
 
-    The braces are a Redis Cluster hash tag: a tenant's references share a slot, so a batch reads
-    them with one MGET and writes them with one script call.
+    A reference written on day D is found until the end of day D + WEBHOOK_MESSAGE_REF_TTL_DAYS (so for
+    at least the retention), and the hash expires a day after that. Days are UTC days of the portal's
+    clock. The braces are a Redis Cluster hash tag: all of a tenant's references share a slot.
     """
 
     def __init__(self, client: redis.Redis):
         self.client = client
-        self._write = client.register_script(_WRITE_LUA)
 
     @staticmethod
-    def _key(tenant_id: int, ref: str) -> str:
+    def _bucket(tenant_id: int, days_ago: int = 0) -> str:
+        day = datetime.fromtimestamp(time.time(), UTC).date() - timedelta(days=days_ago)
+        return f"wp:refs:{{t{tenant_id}}}:{day.isoformat()}"
+
+    @staticmethod
+    def _legacy_key(tenant_id: int, ref: str) -> str:
+        # Before the daily hashes, each reference was a string key of its own. Read for one retention
+        # period after an upgrade, so that references written before it still attribute.
         return f"wp:ref:{{t{tenant_id}}}:{_stored_ref(ref)}"
 
     def read(self, tenant_id: int, refs: Iterable[str]) -> dict[str, int]:
         refs = list(refs)
         if not refs:
             return {}
+        stored = [_stored_ref(ref) for ref in refs]
+        days = settings.WEBHOOK_MESSAGE_REF_TTL_DAYS
+        pipe = self.client.pipeline(transaction=False)
+        for days_ago in range(days + 1):  # the newest first: a later delivery report wins
+            pipe.hmget(self._bucket(tenant_id, days_ago), stored)
+        pipe.mget([self._legacy_key(tenant_id, ref) for ref in refs])
         try:
-            values = self.client.mget([self._key(tenant_id, ref) for ref in refs])
+            replies = pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
-        return {ref: int(value) for ref, value in zip(refs, values, strict=True) if value is not None}
+        found: dict[str, int] = {}
+        for values in replies:
+            for ref, value in zip(refs, values, strict=True):
+                if value is not None and ref not in found:
+                    found[ref] = int(value)
+        return found
+
+    def hash_write(self, tenant_id: int, refs: Mapping[str, int]) -> HashWrite:
+        """The write of `refs`, for the counter store to make in the same round trip as the counts."""
+        joined = "".join(refs)
+        if joined.isascii() and "\t" not in joined and "\n" not in joined and max(map(len, refs), default=0) <= 200:
+            # The usual batch (every reference stored as it is), without a call per reference.
+            fields = list(chain.from_iterable(refs.items()))
+        else:
+            fields = list(chain.from_iterable((_stored_ref(ref), ip_id) for ref, ip_id in refs.items()))
+        ttl = int(timedelta(days=settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1).total_seconds())
+        return HashWrite(self._bucket(tenant_id), fields, ttl)
 
     def write(self, tenant_id: int, refs: Mapping[str, int]) -> None:
         if not refs:
             return
-        ttl = int(timedelta(days=settings.WEBHOOK_MESSAGE_REF_TTL_DAYS).total_seconds())
-        lines = "".join(f"{_stored_ref(ref)}\t{ip_id}\n" for ref, ip_id in refs.items())
+        write = self.hash_write(tenant_id, refs)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(write.key, items=list(write.fields))
+        pipe.expire(write.key, write.ttl)
         try:
-            self._write(keys=[f"wp:ref:{{t{tenant_id}}}:"], args=[ttl, lines])
+            pipe.execute()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
 

@@ -41,12 +41,21 @@ def token_from_request(request: HttpRequest) -> str:
 
 
 def tenant_for_token(token: str) -> Tenant:
-    """The tenant an active token belongs to; AuthenticationFailed otherwise."""
+    """The tenant an active token belongs to; AuthenticationFailed otherwise (one query, no cache)."""
+    return tenant_for_digest(token_digest(token))
+
+
+def token_digest(token: str) -> str:
+    """The stored form of a token (its SHA-256); AuthenticationFailed when there is no token."""
     if not token:
         raise AuthenticationFailed(
             "missing webhook token (send 'Authorization: Bearer <token>', 'X-Webhook-Token' or '?token=')"
         )
-    digest = WebhookToken.hash(token)
+    return WebhookToken.hash(token)
+
+
+def tenant_for_digest(digest: str) -> Tenant:
+    """The tenant of the active token with this digest; AuthenticationFailed otherwise."""
     found = (
         WebhookToken.objects.active()
         .select_related("tenant")

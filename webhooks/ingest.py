@@ -1,11 +1,12 @@
 """The ingestion pipeline: parsed batch -> attribute -> count (warmup.counters) -> dead letters.
 
-One counter-store `apply()` per batch (de-duplicated and counted atomically there), one round trip to
-read and one to write message references, one query for the tenant's IPs per request (or per
-backfill), and dead letters for what cannot be counted: events naming an IP the tenant does not have
-(`unknown_ip`), events nothing attributes (`unattributed`), and invalid records (`invalid`). Dead letters
-are unique per (tenant, event key), so a re-posted unattributed event is kept once, and
-`reprocess_dead_letters` counts it (once, under the same key) after its IP appears.
+One counter-store call per batch (`count_grouped()`: de-duplicated and counted atomically there; with
+Redis the batch's message references are written by the same script), one round trip to read the
+references the batch needs (only for events without an IP or source name), one query for the tenant's
+IPs per request (or per backfill), and dead letters for what cannot be counted: events naming an IP
+the tenant does not have (`unknown_ip`), events nothing attributes (`unattributed`), and invalid
+records (`invalid`). Dead letters are unique per (tenant, event key), so a re-posted unattributed event
+is kept once, and `reprocess_dead_letters` counts it (once, under the same key) after its IP appears.
 
 Order matters for "never a 2xx for an event not durably counted": references and counts are written
 first; if the counter store is unreachable, `CounterStoreUnavailable` propagates with nothing counted
@@ -25,10 +26,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from domains.models import Tenant
-from warmup.counters import Increment, get_store, provider_for
+from warmup.counters import GroupKey, RedisCounterStore, get_store, provider_for
 from webhooks import metrics
-from webhooks.attribution import Attributor, get_message_refs
-from webhooks.events import DayOf, NormalisedEvent, counts_for, event_key
+from webhooks.attribution import Attributor, RedisMessageRefs, get_message_refs
+from webhooks.events import DayOf, NormalisedEvent, count_items, event_key
 from webhooks.models import DeadLetter
 from webhooks.parsers import Batch, Rejection, kumomta, mailwizz, normalised, powermta
 
@@ -71,13 +72,24 @@ class IngestResult:
 
 
 class TenantContext:
-    """What attributing and counting need of a tenant, loaded once and reused across batches."""
+    """What attributing and counting need of a tenant, loaded once and reused across batches.
 
-    def __init__(self, tenant: Tenant):
+    The parts may be given ready-made: the webhook views take them from `webhooks.cache`, so that a
+    request costs no query; by default they are loaded here (one query for the tenant's IPs).
+    """
+
+    def __init__(
+        self,
+        tenant: Tenant,
+        *,
+        attributor: Attributor | None = None,
+        day_of: DayOf | None = None,
+        providers: dict[str, str] | None = None,
+    ):
         self.tenant = tenant
-        self.attributor = Attributor(tenant)
-        self.day_of = DayOf(tenant.zone)
-        self.providers: dict[str, str] = {}
+        self.attributor = attributor if attributor is not None else Attributor(tenant)
+        self.day_of = day_of if day_of is not None else DayOf(tenant.zone)
+        self.providers: dict[str, str] = providers if providers is not None else {}
         self.refs = get_message_refs()
         self.store = get_store()
 
@@ -92,24 +104,41 @@ class TenantContext:
 class Counted:
     """Outcome of attributing and counting a list of events."""
 
-    counted: list[NormalisedEvent] = field(default_factory=list)  # credited to an IP, in apply() order
-    flags: list[bool] = field(default_factory=list)  # True counted, False duplicate
+    counted: list[NormalisedEvent] = field(default_factory=list)  # credited to an IP (new or duplicate)
+    accepted: int = 0  # of `counted`: counted now
+    duplicates: int = 0  # of `counted`: counted before (or twice in the list)
     dead: list[tuple[NormalisedEvent, str, str]] = field(default_factory=list)  # (event, reason, error)
 
 
 def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Counted:
-    """Attribute each event to one of the tenant's IPs and count the attributed ones in one apply().
+    """Attribute each event to one of the tenant's IPs and count the attributed ones in one round trip.
 
+    The hot path of ingestion: per event a few dictionary look-ups and one list append, grouping the
+    events by what they add (IP, day, provider, counts) for `CounterStore.count_grouped()`. With Redis,
+    the message references of the batch go in the same script call as the counts.
     Raises CounterStoreUnavailable (nothing counted) when the store or the reference store is down.
     """
     result = Counted()
     attributor = ctx.attributor
     by_address = attributor.by_address
     tenant_id = ctx.tenant.pk
-    attributed: list[tuple[NormalisedEvent, int]] = []
+    attributed = result.counted
     pending: list[NormalisedEvent] = []
     remember: dict[str, int] = {}
     dead = result.dead
+    # What each attributed event adds, grouped: (ip id, day, provider, counts) -> de-duplication keys.
+    groups: dict[GroupKey, list[str | None]] = {}
+    day_of, days = ctx.day_of, ctx.day_of.cached
+    provider_of, providers = ctx.provider, ctx.providers
+    kinds: dict[tuple[str, str, bool], tuple[tuple[str, int], ...]] = {}
+
+    def add(event: NormalisedEvent, ip_id: int) -> None:
+        # The loop below has this inlined for the common case; this serves the events resolved later.
+        at = event.occurred_at
+        kind = (event.type, event.bounce_class, event.async_bounce)
+        items = kinds.get(kind) or kinds.setdefault(kind, count_items(*kind))
+        groups.setdefault((ip_id, day_of(at), provider_of(event.recipient_domain), items), []).append(event.key)
+        attributed.append(event)
 
     for event in events:
         ip_id = None
@@ -140,10 +169,24 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Count
             else:
                 dead.append((event, DeadLetter.Reason.UNATTRIBUTED, "no sending IP, source name or message reference"))
             continue
-        attributed.append((event, ip_id))
         if event.remembers_refs:
             for ref in event.message_refs:
                 remember[ref] = ip_id
+        # add(event, ip_id), inlined: this runs for every record of every batch.
+        at = event.occurred_at
+        kind = (event.type, event.bounce_class, event.async_bounce)
+        items = kinds.get(kind) or kinds.setdefault(kind, count_items(*kind))
+        group = (
+            ip_id,
+            days.get(at // 900) or day_of(at),
+            providers.get(event.recipient_domain) or provider_of(event.recipient_domain),
+            items,
+        )
+        keys = groups.get(group)
+        if keys is None:
+            keys = groups[group] = []
+        keys.append(event.key)
+        attributed.append(event)
 
     if pending:
         wanted = {ref for event in pending for ref in event.message_refs if ref not in remember}
@@ -153,38 +196,29 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Count
             for ref in event.message_refs:
                 ip_id = known.get(ref)
                 if ip_id is not None:
-                    attributed.append((event, ip_id))
+                    add(event, ip_id)
                     break
             else:
                 dead.append((event, DeadLetter.Reason.UNATTRIBUTED, "no delivery report names this message"))
 
-    day_of, provider = ctx.day_of, ctx.provider
-    increments = [
-        Increment(
-            ip_id,
-            day_of(event.occurred_at),
-            counts_for(event.type, event.bounce_class, event.async_bounce),
-            provider(event.recipient_domain),
-            event.key,
-        )
-        for event, ip_id in attributed
-    ]
-    # References first: if they cannot be written the batch fails as a whole and is re-posted.
-    ctx.refs.write(tenant_id, remember)
-    result.flags = ctx.store.apply(increments) if increments else []
-    result.counted = [event for event, _ in attributed]
+    # References first (or with the counts, in one script): if they cannot be written the batch fails
+    # as a whole and is re-posted.
+    also = None
+    if remember:
+        if isinstance(ctx.refs, RedisMessageRefs) and isinstance(ctx.store, RedisCounterStore):
+            also = ctx.refs.hash_write(tenant_id, remember)
+        else:
+            ctx.refs.write(tenant_id, remember)
+    if groups:
+        result.accepted = ctx.store.count_grouped(groups, also)
+        result.duplicates = len(attributed) - result.accepted
     return result
 
 
 def ingest(ctx: TenantContext, batch: Batch) -> IngestResult:
     """Count a parsed batch for the context's tenant; keep what cannot be counted as dead letters."""
     counted = count_events(ctx, batch.events)
-    result = IngestResult(ignored=batch.ignored)
-    for flag in counted.flags:
-        if flag:
-            result.accepted += 1
-        else:
-            result.duplicates += 1
+    result = IngestResult(accepted=counted.accepted, duplicates=counted.duplicates, ignored=batch.ignored)
 
     letters: list[DeadLetter] = []
     unattributed: list[DeadLetter] = []

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import operator
 import sys
 from collections.abc import Iterable, Iterator
+from hashlib import blake2b
 from typing import Any
 
 from webhooks.events import (
@@ -25,8 +28,6 @@ from webhooks.events import (
     InvalidRecord,
     NormalisedEvent,
     classify_bounce,
-    key_of_text,
-    mailwizz_ref,
     powermta_time,
     status_code,
 )
@@ -35,6 +36,7 @@ from webhooks.parsers import (
     Rejection,
     UnparseableBody,
     add_records,
+    gc_paused,
     json_records,
     load_json,
     parse_ndjson,
@@ -54,6 +56,7 @@ RECORD_TYPES: dict[str, tuple[EventType, bool, bool]] = {
     "tq": (EventType.DEFERRED, False, False),
 }
 IGNORED_TYPES = frozenset({"r"})
+_BOUNCED, _COMPLAINED = EventType.BOUNCED, EventType.COMPLAINED
 
 # The fields the parser reads, in the order `_event` takes them.
 FIELDS = (
@@ -78,26 +81,25 @@ _FIELDS_LOWER = tuple(name.lower() for name in FIELDS)
 CSV_BATCH_SIZE = 1000
 
 
-def _event(
-    rtype: str,
-    logged: str,
-    queued: str,
-    rcpt: str,
-    orig: str,
-    dlv_ip: str,
-    rep_ip: str,
-    vmta: str,
-    job: str,
-    message_id: str,
-    campaign_uid: str,
-    subscriber_uid: str,
-    dsn_status: str,
-    bounce_cat: str,
-    feedback_type: str,
-    raw: Any,
-    record: int = 0,
-) -> NormalisedEvent:
-    """The normalised event of one record, whichever encoding it came in."""
+def _event(values: tuple[str, ...], raw: Any, record: int = 0) -> NormalisedEvent:
+    """The normalised event of one record, whichever encoding it came in: `values` are the FIELDS."""
+    (
+        rtype,
+        logged,
+        queued,
+        rcpt,
+        orig,
+        dlv_ip,
+        rep_ip,
+        vmta,
+        job,
+        message_id,
+        campaign_uid,
+        subscriber_uid,
+        dsn_status,
+        bounce_cat,
+        feedback_type,
+    ) = values
     kind = RECORD_TYPES.get(rtype)
     if kind is None:
         rtype = rtype.strip().lower()
@@ -111,21 +113,28 @@ def _event(
     event_type, async_bounce, remembers = kind
 
     if logged:
-        occurred_at = int(logged) if logged.isdigit() and logged.isascii() else powermta_time(logged, "timeLogged")
+        if logged.isdigit() and logged.isascii():
+            occurred_at = int(logged)
+            # The key's text of the time is str(occurred_at): the field itself, but for leading zeros.
+            stamp = logged if logged[0] != "0" else str(occurred_at)
+        else:
+            occurred_at = powermta_time(logged, "timeLogged")
+            stamp = str(occurred_at)
     elif queued:
         occurred_at = int(queued) if queued.isdigit() and queued.isascii() else powermta_time(queued, "timeQueued")
+        stamp = str(occurred_at)
     else:
         raise InvalidRecord("timeLogged: missing (and no timeQueued to fall back on)")
     if not 0 <= occurred_at < 32503680000:
         raise InvalidRecord(f"timeLogged: time {occurred_at} is out of range")
 
-    if event_type is EventType.COMPLAINED and rep_ip:
+    if event_type is _COMPLAINED and rep_ip:
         ip, ip_field = rep_ip.strip(), "repSourceIp"
     else:
         ip, ip_field = dlv_ip.strip(), "dlvSourceIp"
 
     bounce_class = bounce_category = ""
-    if event_type is EventType.BOUNCED:
+    if event_type is _BOUNCED:
         code = status_code(dsn_status)
         bounce_class = classify_bounce(bounce_cat, "", code)
         bounce_category = bounce_cat or code
@@ -137,21 +146,20 @@ def _event(
         if mid:
             refs = ("mid:" + mid,)
     if campaign_uid and subscriber_uid:
-        pair = mailwizz_ref(campaign_uid, subscriber_uid)
-        if pair:
-            refs = (*refs, pair)
+        campaign_uid, subscriber_uid = campaign_uid.strip(), subscriber_uid.strip()
+        if campaign_uid and subscriber_uid:
+            refs += ("mw:" + campaign_uid + "/" + subscriber_uid,)
 
     at = rcpt.rfind("@")
     domain = rcpt[at + 1 :].strip().strip(">").lower() if at >= 0 else ""
 
     # The unit separator cannot occur in a field PowerMTA writes; joining the strings directly is the
-    # hot path's version of event_key().
-    key = key_of_text(
-        "\x1f".join(
-            (SOURCE, rtype, str(occurred_at), queued, rcpt, orig, ip, vmta, job, message_id, dsn_status, bounce_cat,
-             feedback_type)
-        )
+    # hot path's version of event_key() (key_of_text, inlined).
+    text = "\x1f".join(
+        (SOURCE, rtype, stamp, queued, rcpt, orig, ip, vmta, job, message_id, dsn_status, bounce_cat,
+         feedback_type)
     )  # fmt: skip
+    key = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
     return NormalisedEvent(
         SOURCE, event_type, occurred_at, key, ip, ip_field, vmta.strip(), refs, remembers, domain, bounce_class,
         bounce_category, async_bounce, raw, record,
@@ -165,7 +173,7 @@ def normalise_record(record: dict) -> NormalisedEvent:
     for name, lower in zip(FIELDS, _FIELDS_LOWER, strict=True):
         value = lowered.get(lower)
         values.append(value if isinstance(value, str) else text_field({name: value}, name))
-    return _event(*values, raw=record)
+    return _event(tuple(values), raw=record)
 
 
 # --- CSV --------------------------------------------------------------------------------------------
@@ -183,8 +191,12 @@ class CsvLayout:
             raise UnparseableBody("CSV header has no 'type' column (the first line must be the header)")
         self.header = header
         self.width = len(header)
-        # -1 reads the empty sentinel every row gets appended: a field the header lacks is empty.
+        # -1 reads the empty sentinel appended to every row when the header lacks a field: that field
+        # is empty.
         self.positions = tuple(first.get(name, -1) for name in _FIELDS_LOWER)
+        self.sentinel = -1 in self.positions
+        # The FIELDS of a row in one C call, in the order _event takes them.
+        self.pick = operator.itemgetter(*self.positions)
         self.columns = [(header[position], position) for position in sorted(first.values())]
 
     def as_dict(self, row: list[str]) -> dict[str, str]:
@@ -192,7 +204,13 @@ class CsvLayout:
 
 
 def iter_csv_batches(lines: Iterable[str], batch_size: int = CSV_BATCH_SIZE) -> Iterator[Batch]:
-    """Batches of at most `batch_size` records from CSV lines (a header line first), in constant memory."""
+    """Batches of at most `batch_size` records from CSV lines (a header line first), in constant memory.
+
+    When `lines` is a list (a whole body), an event's `raw` is the index of its record's first line
+    rather than the row, which the batch reads again only for a dead letter: the rows then die as soon
+    as their event is built, and the garbage collector has a third of the objects to visit.
+    """
+    indexed = isinstance(lines, list)
     reader = csv.reader(lines)
     header = _next_row(reader)
     while header is not None and not any(cell.strip() for cell in header):
@@ -200,67 +218,55 @@ def iter_csv_batches(lines: Iterable[str], batch_size: int = CSV_BATCH_SIZE) -> 
     if header is None:
         raise UnparseableBody("empty CSV: expected a header line and records")
     layout = CsvLayout(header)
-    (
-        p_type,
-        p_logged,
-        p_queued,
-        p_rcpt,
-        p_orig,
-        p_dlv,
-        p_rep,
-        p_vmta,
-        p_job,
-        p_mid,
-        p_camp,
-        p_sub,
-        p_dsn,
-        p_cat,
-        p_fb,
-    ) = layout.positions
-    width = layout.width
+    width, sentinel, pick = layout.width, layout.sentinel, layout.pick
     number = 0
     while True:
-        batch = _new_batch(layout)
-        events = batch.events
-        append = events.append
-        while batch.records < batch_size:
+        batch = _new_batch(layout, lines if indexed else None)
+        append = batch.events.append
+        records = 0
+        while records < batch_size:
+            first_line = reader.line_num  # lines read so far: the index of the next record's first line
             try:
                 row = next(reader)
             except StopIteration:
-                if batch.records:
+                if records:
+                    batch.records = records
                     yield batch
                 return
             except csv.Error as exc:
                 number += 1
-                batch.records += 1
+                records += 1
                 batch.rejected.append(Rejection(number, f"malformed CSV: {exc}", {"line": reader.line_num}))
                 continue
             if not row:
                 continue  # a blank line is not a record
             number += 1
-            batch.records += 1
+            records += 1
             if len(row) < width:
                 row.extend([""] * (width - len(row)))
-            row.append("")
+            if sentinel:
+                row.append("")
             try:
-                event = _event(
-                    row[p_type], row[p_logged], row[p_queued], row[p_rcpt], row[p_orig], row[p_dlv],
-                    row[p_rep], row[p_vmta], row[p_job], row[p_mid], row[p_camp], row[p_sub], row[p_dsn],
-                    row[p_cat], row[p_fb], row, number,
-                )  # fmt: skip
-                append(event)
+                append(_event(pick(row), first_line if indexed else row, number))
             except Ignored:
                 batch.ignored += 1
             except InvalidRecord as exc:
                 batch.rejected.append(Rejection(number, str(exc), layout.as_dict(row)))
             except (ValueError, TypeError, OverflowError) as exc:
                 batch.rejected.append(Rejection(number, f"unreadable record ({exc})", layout.as_dict(row)))
+        batch.records = records
         yield batch
 
 
-def _new_batch(layout: CsvLayout) -> Batch:
+def _new_batch(layout: CsvLayout, lines: list[str] | None) -> Batch:
     batch = Batch(SOURCE)
-    batch.raw_json = lambda raw: layout.as_dict(raw) if isinstance(raw, list) else raw
+
+    def raw_json(raw: Any) -> Any:
+        if lines is not None and type(raw) is int:  # the index of the record's first line
+            raw = next(csv.reader(itertools.islice(lines, raw, None)))
+        return layout.as_dict(raw) if isinstance(raw, list) else raw
+
+    batch.raw_json = raw_json
     return batch
 
 
@@ -275,8 +281,11 @@ def _next_row(reader) -> list[str] | None:
 
 def parse_csv(text: str) -> Batch:
     """A whole CSV body as one batch."""
-    for batch in iter_csv_batches(io.StringIO(text, newline=""), batch_size=sys.maxsize):
-        return batch
+    # The lines as csv.reader would read them from the text (universal newlines, kept).
+    lines = io.StringIO(text, newline="").readlines()
+    with gc_paused():
+        for batch in iter_csv_batches(lines, batch_size=sys.maxsize):
+            return batch
     return Batch(SOURCE)  # a header line and no record
 
 
