@@ -74,15 +74,21 @@ def test_the_token_is_accepted_in_each_place(client, redis_client, ips, token, w
     assert response.json()["accepted"] == 6
 
 
-def test_another_tenants_token_credits_nothing_here(post, ips):  # noqa: F811
+def test_another_tenants_token_is_refused_and_counts_nothing(post, ips):  # noqa: F811
     other = TenantFactory(slug="other")
     _, other_token = WebhookToken.issue(other)
     response = post(HTTP_AUTHORIZATION=f"Bearer {other_token}")
-    assert response.status_code == 200
-    assert response.json()["accepted"] == 0 and response.json()["unattributed"] == 6
+    assert response.status_code == 401
+    assert response.json() == {"error": "these credentials do not cover the IPs this body names"}
     assert nothing_counted(ips)
-    # Kept for the token's own tenant, as IPs it does not know; the IPs' tenant sees nothing.
-    assert set(DeadLetter.objects.values_list("tenant__slug", "reason").distinct()) == {("other", "unknown_ip")}
+    assert not DeadLetter.objects.exists()  # the sender retries with the right token; nothing is stranded
+
+
+def test_an_ip_no_tenant_has_is_kept_as_a_dead_letter_not_refused(post, token):  # noqa: F811
+    response = post(CSV.replace(b"45.123.10.", b"198.51.100."), HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 200
+    assert response.json()["unattributed"] == 6
+    assert set(DeadLetter.objects.values_list("reason", flat=True)) == {"unknown_ip"}
 
 
 @pytest.fixture

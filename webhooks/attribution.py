@@ -59,6 +59,16 @@ class Attributor:
     def ip_for_source_name(self, name: str) -> int | None:
         return self.by_name.get(name) or self.by_name.get(name.lower())
 
+    def owned_elsewhere(self, addresses: Iterable[str]) -> bool:
+        """Whether any of these addresses (not the tenant's) is an IP of another tenant: one query."""
+        canonical = set()
+        for text in addresses:
+            try:
+                canonical.add(normalise_ip(text))
+            except ValueError:
+                continue
+        return bool(canonical) and IP.objects.filter(address__in=canonical).exclude(tenant=self.tenant).exists()
+
 
 def _stored_ref(ref: str) -> str:
     # Message-Ids are whatever the sender wrote: bound the stored key, keep it unambiguous (free of the

@@ -110,13 +110,19 @@ class Counted:
     dead: list[tuple[NormalisedEvent, str, str]] = field(default_factory=list)  # (event, reason, error)
 
 
-def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Counted:
+class ForeignCredentials(Exception):
+    """The body names IPs of another tenant: the sender holds the wrong tenant's token."""
+
+
+def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], *, refuse_foreign: bool = False) -> Counted:
     """Attribute each event to one of the tenant's IPs and count the attributed ones in one round trip.
 
     The hot path of ingestion: per event a few dictionary look-ups and one list append, grouping the
     events by what they add (IP, day, provider, counts) for `CounterStore.count_grouped()`. With Redis,
     the message references of the batch go in the same script call as the counts.
-    Raises CounterStoreUnavailable (nothing counted) when the store or the reference store is down.
+    Raises CounterStoreUnavailable (nothing counted) when the store or the reference store is down,
+    and, with `refuse_foreign`, ForeignCredentials (nothing counted) when an event names an IP that
+    belongs to another tenant.
     """
     result = Counted()
     attributor = ctx.attributor
@@ -188,6 +194,11 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Count
         keys.append(event.key)
         attributed.append(event)
 
+    if refuse_foreign:
+        unknown = {event.ip for event, reason, _ in dead if reason == DeadLetter.Reason.UNKNOWN_IP}
+        if unknown and attributor.owned_elsewhere(unknown):
+            raise ForeignCredentials("these credentials do not cover the IPs this body names")
+
     if pending:
         wanted = {ref for event in pending for ref in event.message_refs if ref not in remember}
         known = ctx.refs.read(tenant_id, wanted) if wanted else {}
@@ -215,9 +226,15 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Count
     return result
 
 
-def ingest(ctx: TenantContext, batch: Batch) -> IngestResult:
-    """Count a parsed batch for the context's tenant; keep what cannot be counted as dead letters."""
-    counted = count_events(ctx, batch.events)
+def ingest(ctx: TenantContext, batch: Batch, *, refuse_foreign: bool = False) -> IngestResult:
+    """Count a parsed batch for the context's tenant; keep what cannot be counted as dead letters.
+
+    With `refuse_foreign` (webhooks), a batch naming another tenant's IP raises ForeignCredentials and
+    counts nothing: the sender is answered 401 and keeps retrying until it is given the right token, so
+    no event is stranded under the wrong tenant. A backfill, whose operator names the tenant, keeps such
+    records as `unknown_ip` dead letters instead.
+    """
+    counted = count_events(ctx, batch.events, refuse_foreign=refuse_foreign)
     result = IngestResult(accepted=counted.accepted, duplicates=counted.duplicates, ignored=batch.ignored)
 
     letters: list[DeadLetter] = []
@@ -392,4 +409,12 @@ def _address_or_none(text: str) -> str | None:
     return None if "%" in address else address
 
 
-__all__ = ["IngestResult", "Rejection", "TenantContext", "count_events", "ingest", "reprocess_dead_letters"]
+__all__ = [
+    "ForeignCredentials",
+    "IngestResult",
+    "Rejection",
+    "TenantContext",
+    "count_events",
+    "ingest",
+    "reprocess_dead_letters",
+]

@@ -25,7 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 from warmup.counters import CounterStoreUnavailable
 from webhooks import cache, ratelimit
 from webhooks.auth import AuthenticationFailed, check_signature, token_from_request
-from webhooks.ingest import ingest
+from webhooks.ingest import ForeignCredentials, ingest
 from webhooks.parsers import Batch, UnparseableBody, kumomta, mailwizz, normalised, powermta
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,9 @@ def receive(request: HttpRequest, parse: Callable[[bytes, str], Batch]) -> HttpR
         return _json(400, {"error": "body is nested too deeply"})
 
     try:
-        result = ingest(cache.context_for(tenant), batch)
+        result = ingest(cache.context_for(tenant), batch, refuse_foreign=True)
+    except ForeignCredentials as exc:
+        return _json(401, {"error": str(exc)})
     except CounterStoreUnavailable as exc:
         logger.warning("webhook %s: counter store unavailable: %s", batch.source, exc)
         return _json(503, {"error": "counter store unavailable, nothing counted; retry later"}, **{"Retry-After": "30"})
