@@ -98,3 +98,38 @@ def test_arbitrary_powermta_csv(setup):
         check(client.post(f"/api/v1/webhooks/powermta/?token={token}", data=out.getvalue(), content_type="text/csv"))
 
     run()
+
+
+PARSERS = ["powermta", "kumomta", "mailwizz", "normalised"]
+CONTENT_TYPES = ["", "text/csv", "application/json", "application/x-ndjson", "text/plain; charset=latin-1"]
+
+
+@pytest.mark.parametrize("source", PARSERS)
+def test_each_parser_reads_arbitrary_bytes_or_says_why_not(source):
+    """No exception but UnparseableBody escapes a parser, and every record is an event, ignored or rejected."""
+    import importlib
+
+    from webhooks.parsers import UnparseableBody
+
+    parser = importlib.import_module(f"webhooks.parsers.{source}")
+
+    @FUZZ
+    @given(
+        body=st.binary(max_size=2000)
+        | st.text(max_size=500).map(str.encode)
+        | st.lists(shaped_records, max_size=4).map(lambda records: json.dumps(records).encode()),
+        content_type=st.sampled_from(CONTENT_TYPES),
+    )
+    def run(body, content_type):
+        try:
+            batch = parser.parse_body(body, content_type)
+        except UnparseableBody as exc:
+            assert str(exc)
+            return
+        assert len(batch.events) + len(batch.rejected) + batch.ignored == batch.records
+        for rejection in batch.rejected:
+            assert rejection.record >= 1 and rejection.error
+        for event in batch.events:
+            assert event.key and isinstance(event.occurred_at, int | float)
+
+    run()
