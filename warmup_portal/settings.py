@@ -236,10 +236,18 @@ WARMUP_QUOTA_OVERRUN_FACTOR = env.float("WARMUP_QUOTA_OVERRUN_FACTOR", default=1
 # Mailbox providers by recipient domain; anything else is "other".
 WARMUP_PROVIDER_DOMAINS = {
     "gmail": ["gmail.com", "googlemail.com"],
-    "microsoft": ["outlook.com", "outlook.fr", "hotmail.com", "hotmail.fr", "hotmail.co.uk", "live.com",
-                  "live.fr", "msn.com", "passport.com"],
-    "yahoo": ["yahoo.com", "yahoo.fr", "yahoo.co.uk", "ymail.com", "rocketmail.com", "aol.com",
-              "aol.fr", "aim.com"],
+    "microsoft": [
+        "outlook.com",
+        "outlook.fr",
+        "hotmail.com",
+        "hotmail.fr",
+        "hotmail.co.uk",
+        "live.com",
+        "live.fr",
+        "msn.com",
+        "passport.com",
+    ],
+    "yahoo": ["yahoo.com", "yahoo.fr", "yahoo.co.uk", "ymail.com", "rocketmail.com", "aol.com", "aol.fr", "aim.com"],
     "apple": ["icloud.com", "me.com", "mac.com"],
 }
 
