@@ -18,6 +18,17 @@ def tenant(db):
 
 
 @pytest.fixture
+def tenant_a(db):
+    """Two tenants for isolation checks: a member of one must never see the other."""
+    return TenantFactory(name="Alpha", slug="alpha")
+
+
+@pytest.fixture
+def tenant_b(db):
+    return TenantFactory(name="Bravo", slug="bravo")
+
+
+@pytest.fixture
 def superuser(db):
     return UserFactory(username="root", is_superuser=True)
 

@@ -22,7 +22,6 @@ from .factories import (
     AuditEventFactory,
     DailyStatFactory,
     DeadLetterFactory,
-    TenantFactory,
     UserFactory,
     WarmupPlanFactory,
 )
@@ -42,16 +41,6 @@ def frozen_clock():
 def clean_counters(redis_client):
     """Each test starts with an empty counter store (its own Redis database)."""
     return redis_client
-
-
-@pytest.fixture
-def tenant_a(db):
-    return TenantFactory(name="Alpha", slug="alpha")
-
-
-@pytest.fixture
-def tenant_b(db):
-    return TenantFactory(name="Bravo", slug="bravo")
 
 
 def make_member(username: str, *tenants):

@@ -13,7 +13,7 @@ from warmup.admin_views import plan_chart_data
 from warmup.counters import Increment, get_store
 from warmup.models import AuditEvent, WarmupPlan
 
-from .factories import AlertFactory, AuditEventFactory, DailyStatFactory, TenantFactory, UserFactory, WarmupPlanFactory
+from .factories import AlertFactory, AuditEventFactory, DailyStatFactory, UserFactory, WarmupPlanFactory
 
 NOW = dt.datetime(2027, 1, 20, 12, 0, tzinfo=dt.UTC)
 TODAY = NOW.date()
@@ -29,16 +29,6 @@ def frozen_clock():
 @pytest.fixture(autouse=True)
 def clean_counters(redis_client):
     return redis_client
-
-
-@pytest.fixture
-def tenant_a(db):
-    return TenantFactory(name="Alpha", slug="alpha")
-
-
-@pytest.fixture
-def tenant_b(db):
-    return TenantFactory(name="Bravo", slug="bravo")
 
 
 @pytest.fixture
