@@ -85,6 +85,24 @@ def test_it_counts_an_event_once_by_its_dedup_key(store, ip):
     assert store.read(ip.id, DAY)["opens"] == 1
 
 
+def test_large_batches_count_each_key_once_within_and_across_calls(store, ip):
+    # Over 4,000 keys of one IP-day: the Redis script checks them in slices of 4,000, so a repeat may
+    # fall in the same slice as its first occurrence or in a later one.
+    keys = [f"{n:032x}" for n in range(9000)]
+    repeats = [keys[5], keys[3999], keys[4000], keys[8999]]  # the same slice, the slice's edges, the last
+    batch = [Increment(ip.id, DAY, {"sent": 1}, "gmail", key) for key in keys + repeats]
+    batch.insert(2, Increment(ip.id, DAY, {"sent": 1}, "yahoo", "short-key"))  # another width, another group
+    batch.insert(3, Increment(ip.id, DAY, {"sent": 1}, "yahoo", "short-key"))
+
+    first = store.apply(batch)
+    again = store.apply(batch[:10] + [Increment(ip.id, DAY, {"sent": 1}, "gmail", "a-new-key")])
+
+    assert first.count(True) == 9000 + 1
+    assert [position for position, counted in enumerate(first) if not counted] == [3, *range(9002, 9006)]
+    assert again == [False] * 10 + [True]
+    assert store.read(ip.id, DAY)["sent"] == 9002
+
+
 @time_machine.travel(NOW, tick=False)
 @override_settings(WEBHOOK_DEDUP_TTL_DAYS=3)
 def test_dedup_keys_are_remembered_for_the_configured_days(backend, request, ip):
@@ -93,7 +111,9 @@ def test_dedup_keys_are_remembered_for_the_configured_days(backend, request, ip)
     store.apply([Increment(ip.id, DAY, {"sent": 1}, "other", "event-ttl")])
 
     if backend == "redis":
-        ttl = store.client.ttl(f"{day_tag(ip.id, DAY)}:d:event-ttl")
+        dedup_set = f"{day_tag(ip.id, DAY)}:d"
+        assert store.client.sismember(dedup_set, "event-ttl")
+        ttl = store.client.ttl(dedup_set)
         assert 3 * 86400 - 5 <= ttl <= 3 * 86400
     else:
         assert CounterDedupKey.objects.get(key="event-ttl").expires_at == NOW + timedelta(days=3)
@@ -164,9 +184,10 @@ def test_redis_keys_of_an_ip_day_share_one_cluster_slot(redis_client, ip):
     store.apply([Increment(ip.id, DAY, {"sent": 1}, "gmail", "abc")])
 
     keys = sorted(k.decode() for k in redis_client.keys(f"wp:{{ip:{ip.id}:*"))
-    assert keys == [f"wp:{{ip:{ip.id}:2027-03-10}}:c", f"wp:{{ip:{ip.id}:2027-03-10}}:d:abc"]
+    assert keys == [f"wp:{{ip:{ip.id}:2027-03-10}}:c", f"wp:{{ip:{ip.id}:2027-03-10}}:d"]
     assert len({key_slot(key.encode()) for key in keys}) == 1
     assert redis_client.hgetall(keys[0]) == {b"sent:gmail": b"1"}
+    assert redis_client.smembers(keys[1]) == {b"abc"}
 
 
 @pytest.mark.django_db(transaction=True)

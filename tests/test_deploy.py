@@ -101,6 +101,16 @@ def test_web_runs_gunicorn_with_two_workers_on_the_wsgi_application():
     assert "--bind=0.0.0.0:8000" in command
 
 
+def test_the_wsgi_module_hides_the_loaded_application_from_the_cyclic_collector():
+    # Otherwise a full collection visits every object of Django and the apps: a pause of tens of
+    # milliseconds in one webhook request of a hundred (bench/README.md).
+    code = "import gc, warmup_portal.wsgi; print(gc.get_freeze_count())"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "warmup_portal.settings"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+
+    assert int(out.stdout.strip()) > 50_000
+
+
 def test_worker_and_beat_run_the_celery_app_with_the_database_scheduler():
     for service, subcommand in (("worker", "worker"), ("beat", "beat")):
         command = command_of(service)

@@ -4,9 +4,10 @@ Two backends behind one interface (PRODUCT.md sections 3 and 6):
 
 - `RedisCounterStore` (production): one hash per IP-day, key ``wp:{ip:<id>:<YYYY-MM-DD>}:c``, with a field
   per counter and provider (``sent:gmail``). The braces are a Redis Cluster hash tag, so an IP-day, the
-  de-duplication keys of the events counted into it (``...}:d:<key>``) and the batches consolidation
-  renames it to (``...}:b:<uuid>``) share one slot. A batch of increments is de-duplicated and counted by
-  one Lua script: one round trip on a single node, one per slot group on a cluster. An index set lists
+  set of the de-duplication keys of the events counted into it (``...}:d``, expiring
+  WEBHOOK_DEDUP_TTL_DAYS after its last write) and the batches consolidation renames it to
+  (``...}:b:<uuid>``) share one slot. A batch of increments is de-duplicated and counted by one Lua
+  script: one round trip on a single node, one per slot group on a cluster. An index set lists
   the IP-days that hold counts, so consolidation never has to SCAN.
 - `DatabaseCounterStore` (the embedded default): `CounterCell` rows (ip, date, ``counter:provider``) and
   `CounterDedupKey` rows, written in one transaction per batch with upserts, so that several processes
@@ -17,10 +18,10 @@ the end of each class (pending IP-days, claiming, reading and forgetting batches
 
 This is the webhooks' hot path. `count_grouped()` takes a batch already grouped by what its events add
 (the ingestion pipeline builds the groups as it attributes, a dictionary append per event), so this
-side does no per-event work but joining the keys, and the script adds each group's total once per field
-(`HINCRBY` per IP-day and field, not per event); the only per-event Redis work left is the
-de-duplication key's `SET NX EX`. `apply()` (the interface for everyone else) groups its increments
-and runs the same script.
+side does no per-event work but joining the keys; the script de-duplicates an IP-day's keys with two set
+commands (`SMISMEMBER`, `SADD`), not a command per event, and adds each group's total once per field
+(`HINCRBY` per IP-day and field, not per event). `apply()` (the interface for everyone else) groups its
+increments and runs the same script.
 """
 
 from __future__ import annotations
@@ -185,77 +186,116 @@ class CounterStore:
 INDEX_KEY = "wp:index:ipdays"  # IP-days holding counts (members are their hash keys)
 IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and not yet forgotten
 
-# KEYS: the batch's IP-day hashes, then (single node) the index key, then (optionally) a hash to write
-# first. ARGV[1] = de-duplication TTL in seconds, ARGV[2] = position of the index key in KEYS (0: none),
-# ARGV[3] = the groups as JSON: [[hash position, [field, amount, ...], events without a de-duplication
-# key, key width, keys], ...] where the keys are one string of keys of `key width` characters each
-# (the usual case: digests) or, with a width of 0, a list of strings. ARGV[4] = position of the hash to
-# write (0: none), ARGV[5] = its expiry in seconds, ARGV[6] = its fields as a JSON array [field, value,
-# field, value, ...].
-# A few JSON strings rather than thousands of arguments: encoding many arguments costs redis-py far
-# more than decoding costs the script. A de-duplication key is built from its hash's tag, so it lives
-# in the hash's slot. The counts of a group are added once per field after its keys are checked, and
-# the fields of the groups of a hash are summed first: a few hundred HINCRBY per batch of thousands of
-# events (Lua numbers are doubles: exact for any count below 2^53).
+# KEYS: per IP-day of the batch, its counts hash then its de-duplication set; then (single node) the
+# index key; then (optionally) a hash to write first. ARGV[1] = de-duplication TTL in seconds, ARGV[2]
+# = position of the index key in KEYS (0: none), ARGV[3] = position of the hash to write (0: none),
+# ARGV[4] = its expiry in seconds, ARGV[5] = its fields as a JSON array [field, value, field, value ...],
+# ARGV[6] = the groups as JSON: [[IP-day number, [field, amount, ...], events without a de-duplication
+# key, events with one], ...], the groups of an IP-day next to each other; ARGV[7] = per IP-day, the
+# width of its de-duplication keys (JSON array); ARGV[7 + n] = the keys of IP-day n, in the order of
+# its groups: one string of keys of that width each (the usual case: digests) or, with a width of 0, a
+# JSON array of strings.
+# A few strings rather than thousands of arguments: packing, sending and reading many arguments costs
+# redis-py and Redis more than decoding costs the script.
+# De-duplication is two commands per IP-day, whatever the number of its events: SMISMEMBER tells which
+# keys the day's set already holds, SADD adds them (its count of new members reveals a key repeated
+# within the batch, which is then sorted out here; a single key needs the SADD alone). The set's expiry
+# is renewed with each batch, so a key is remembered at least the TTL. The counts of a group are added
+# once per field after its keys are checked, summed over the groups of the IP-day first: a few hundred
+# HINCRBY per batch of thousands of events (Lua numbers are doubles: exact below 2^53).
 # Returns, per group, {number counted, 1-based positions among its keys of the duplicates ...}.
 _APPLY_LUA = """
 local ttl = ARGV[1]
 local index = tonumber(ARGV[2])
-local extra = tonumber(ARGV[4])
+local extra = tonumber(ARGV[3])
+local CHUNK = 4000
 if extra > 0 then
-  local fields = cjson.decode(ARGV[6])
-  local key = KEYS[extra]
-  -- unpack() is bounded by the Lua stack: write a few thousand fields at a time.
-  for first = 1, #fields, 4000 do
-    redis.call('HSET', key, unpack(fields, first, math.min(first + 3999, #fields)))
+  local fields = cjson.decode(ARGV[5])
+  for first = 1, #fields, CHUNK do
+    redis.call('HSET', KEYS[extra], unpack(fields, first, math.min(first + CHUNK - 1, #fields)))
   end
-  redis.call('EXPIRE', key, ARGV[5])
+  redis.call('EXPIRE', KEYS[extra], ARGV[4])
 end
+local groups = cjson.decode(ARGV[6])
+local widths = cjson.decode(ARGV[7])
 local results = {}
-local sums = {}
-for g, group in ipairs(cjson.decode(ARGV[3])) do
-  local h, fields, counted, width, keys = group[1], group[2], group[3], group[4], group[5]
-  local result = {0}
-  local prefix = string.sub(KEYS[h], 1, -3) .. ':d:'
+local g = 1
+while g <= #groups do
+  local h = groups[g][1]
+  local last = g
+  while last < #groups and groups[last + 1][1] == h do
+    last = last + 1
+  end
+  local flags = {}
+  local width = widths[h]
+  local keys
   if width > 0 then
-    local n = 0
-    for first = 1, #keys, width do
-      n = n + 1
-      if redis.call('SET', prefix .. string.sub(keys, first, first + width - 1), '1', 'NX', 'EX', ttl) then
-        counted = counted + 1
-      else
-        result[#result + 1] = n
-      end
+    keys = {}
+    local packed = ARGV[7 + h]
+    for first = 1, #packed, width do
+      keys[#keys + 1] = string.sub(packed, first, first + width - 1)
     end
   else
-    for n, key in ipairs(keys) do
-      if redis.call('SET', prefix .. key, '1', 'NX', 'EX', ttl) then
-        counted = counted + 1
-      else
-        result[#result + 1] = n
+    keys = cjson.decode(ARGV[7 + h])
+  end
+  local n = #keys
+  if n == 1 then
+    flags[1] = 1 - redis.call('SADD', KEYS[2 * h], keys[1])
+    redis.call('EXPIRE', KEYS[2 * h], ttl)
+  elseif n > 1 then
+    local set = KEYS[2 * h]
+    local added, fresh = 0, 0
+    for first = 1, n, CHUNK do
+      local upto = math.min(first + CHUNK - 1, n)
+      local part = redis.call('SMISMEMBER', set, unpack(keys, first, upto))
+      for i = 1, #part do
+        flags[first + i - 1] = part[i]
+        fresh = fresh + 1 - part[i]
+      end
+      added = added + redis.call('SADD', set, unpack(keys, first, upto))
+    end
+    redis.call('EXPIRE', set, ttl)
+    if added < fresh then
+      -- A key repeated within one SMISMEMBER call: its first occurrence counts.
+      local seen = {}
+      for i = 1, n do
+        if flags[i] == 0 then
+          if seen[keys[i]] then flags[i] = 1 else seen[keys[i]] = true end
+        end
       end
     end
   end
-  result[1] = counted
-  results[g] = result
-  if counted > 0 then
-    local hash = sums[h]
-    if not hash then
-      hash = {}
-      sums[h] = hash
+  local sums = {}
+  local offset = 0
+  for j = g, last do
+    local group = groups[j]
+    local fields, counted, keyed = group[2], group[3], group[4]
+    local result = {0}
+    for i = 1, keyed do
+      if flags[offset + i] == 0 then
+        counted = counted + 1
+      else
+        result[#result + 1] = i
+      end
     end
-    for j = 1, #fields, 2 do
-      hash[fields[j]] = (hash[fields[j]] or 0) + fields[j + 1] * counted
+    offset = offset + keyed
+    result[1] = counted
+    results[j] = result
+    if counted > 0 then
+      for f = 1, #fields, 2 do
+        sums[fields[f]] = (sums[fields[f]] or 0) + fields[f + 1] * counted
+      end
     end
   end
-end
-for h, fields in pairs(sums) do
-  for field, amount in pairs(fields) do
-    redis.call('HINCRBY', KEYS[h], field, amount)
+  local any = false
+  for field, amount in pairs(sums) do
+    redis.call('HINCRBY', KEYS[2 * h - 1], field, amount)
+    any = true
   end
-  if index > 0 then
-    redis.call('SADD', KEYS[index], KEYS[h])
+  if any and index > 0 then
+    redis.call('SADD', KEYS[index], KEYS[2 * h - 1])
   end
+  g = last + 1
 end
 return results
 """
@@ -279,6 +319,10 @@ return claimed
 
 # ASCII-only JSON (the default): every byte sent is ASCII, and the script's cjson decodes the escapes.
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _ip_day_of(item: tuple[GroupKey, Sequence[str | None]]) -> tuple[int, date]:
+    return item[0][:2]
 
 
 def day_tag(ip_id: int, day: date) -> str:
@@ -358,27 +402,38 @@ class RedisCounterStore(CounterStore):
 
     def _run_apply(self, items: list, also: HashWrite | None, with_index: bool) -> tuple[set[tuple], set[str]]:
         """One script call for the groups `items`; (duplicates, hashes that received counts)."""
+        # The script wants the groups of an IP-day next to each other.
+        items = sorted(items, key=_ip_day_of)
         keys: list[str] = []
         hashes: dict[tuple[int, date], int] = {}
         encoded = []
+        day_keys: list[list[str]] = []  # per IP-day, the de-duplication keys of its groups in order
         keyed_positions: dict[int, list[int]] = {}  # groups with unkeyed events: where their keys are
         for number, (key, dedup_keys) in enumerate(items):
             ip_id, day, provider, counts = key
             fields = _fields_of(provider, counts)
             position = hashes.get((ip_id, day))
             if position is None:
-                keys.append(day_tag(ip_id, day) + ":c")
-                position = hashes[(ip_id, day)] = len(keys)
+                tag = day_tag(ip_id, day)
+                keys += (tag + ":c", tag + ":d")
+                day_keys.append([])
+                position = hashes[(ip_id, day)] = len(day_keys)
             unkeyed = 0
             if None in dedup_keys:
                 keyed_positions[number] = [i for i, k in enumerate(dedup_keys) if k is not None]
                 unkeyed = len(dedup_keys) - len(keyed_positions[number])
                 dedup_keys = [k for k in dedup_keys if k is not None]
+            encoded.append((position, fields, unkeyed, len(dedup_keys)))
+            day_keys[position - 1] += dedup_keys
+        widths, packed = [], []
+        for dedup_keys in day_keys:
             width = len(dedup_keys[0]) if dedup_keys else 0
-            if width and len(set(map(len, dedup_keys))) == 1:
-                encoded.append((position, fields, unkeyed, width, "".join(dedup_keys)))
+            if width and dedup_keys[0].isascii() and all(len(k) == width and k.isascii() for k in dedup_keys):
+                widths.append(width)
+                packed.append("".join(dedup_keys))
             else:
-                encoded.append((position, fields, unkeyed, 0, dedup_keys))
+                widths.append(0)
+                packed.append(_dumps(dedup_keys))
         index = extra = 0
         if with_index:
             keys.append(INDEX_KEY)
@@ -388,7 +443,8 @@ class RedisCounterStore(CounterStore):
             keys.append(also.key)
             extra = len(keys)
             extra_args = [extra, also.ttl, _dumps(list(also.fields))]
-        replies = self._apply_script(keys=keys, args=[self._ttl, index, _dumps(encoded), *extra_args])
+        args = [self._ttl, index, *extra_args, _dumps(encoded), _dumps(widths), *packed]
+        replies = self._apply_script(keys=keys, args=args)
         duplicates = set()
         touched = set()
         for number, ((key, _), (counted, *found)) in enumerate(zip(items, replies, strict=True)):
@@ -396,7 +452,7 @@ class RedisCounterStore(CounterStore):
                 places = keyed_positions.get(number)
                 duplicates.update((key, places[n - 1] if places else n - 1) for n in found)
             if counted and not with_index:
-                touched.add(keys[hashes[key[:2]] - 1])
+                touched.add(keys[2 * hashes[key[:2]] - 2])
         return duplicates, touched
 
     @_redis_reachable

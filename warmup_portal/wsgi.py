@@ -1,5 +1,6 @@
 """WSGI entry point (gunicorn warmup_portal.wsgi)."""
 
+import gc
 import os
 
 from django.core.wsgi import get_wsgi_application
@@ -7,3 +8,8 @@ from django.core.wsgi import get_wsgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "warmup_portal.settings")
 
 application = get_wsgi_application()
+
+# The loaded application (Django, the apps, their modules: about 100,000 objects) lives as long as the
+# process. Out of the cyclic collector's sight, a full collection visits only what requests allocate:
+# without this, one webhook request in a hundred waited tens of milliseconds for a full collection.
+gc.freeze()
