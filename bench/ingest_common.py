@@ -9,7 +9,6 @@ from datetime import date
 
 import datasets
 import harness
-from harness import MissingPart
 
 IP_COUNT = 50
 CONTENT_TYPE = "text/csv"
@@ -36,27 +35,15 @@ def setup_tenant(ip_count: int = IP_COUNT):
 
 
 def pipeline() -> Callable[[object, bytes], dict]:
-    """The in-process ingestion of one PowerMTA body for a tenant: parse, normalise, attribute,
-    de-duplicate, count, as the webhook view runs it; returns the response figures."""
-    ingest_mod = "webhooks.ingest"
-    # A one-call entry point, if the pipeline offers one.
-    for name in ("ingest_body", "ingest_request_body", "process_body"):
-        try:
-            func = harness.need(ingest_mod, name)
-        except MissingPart:
-            continue
-
-        def run(tenant, body, func=func):
-            result = func(tenant, "powermta", body, CONTENT_TYPE)
-            return result.as_json() if hasattr(result, "as_json") else result
-
-        return run
-    ingest, tenant_context = harness.need(ingest_mod, "ingest", "TenantContext")
-    parse_body = harness.need("webhooks.parsers.powermta", "parse_body")
+    """The in-process ingestion of one PowerMTA body for a tenant, as the webhook view runs it: the
+    tenant's context from the web process's caches (`webhooks.cache`, subscribed as a web process is),
+    then parse, normalise, attribute, de-duplicate and count; returns the response figures."""
+    ingest_body = harness.need("webhooks.powermta_csv", "ingest_body")
+    context_for, start_listening = harness.need("webhooks.cache", "context_for", "start_listening")
+    start_listening()
 
     def run(tenant, body):
-        # A context per body, as a request builds one (it loads the tenant's IPs).
-        return ingest(tenant_context(tenant), parse_body(body, CONTENT_TYPE)).as_json()
+        return ingest_body(context_for(tenant), body, CONTENT_TYPE, refuse_foreign=True).as_json()
 
     return run
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,8 +114,23 @@ class ForeignCredentials(Exception):
     """The body names IPs of another tenant: the sender holds the wrong tenant's token."""
 
 
-def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], *, refuse_foreign: bool = False) -> Counted:
+def count_events(
+    ctx: TenantContext,
+    events: Sequence[NormalisedEvent],
+    *,
+    refuse_foreign: bool = False,
+    groups: dict[GroupKey, list[str | None]] | None = None,
+    remember: dict[str, int] | None = None,
+    also_attributed: int = 0,
+    refs_after: Mapping[str, int] | None = None,
+) -> Counted:
     """Attribute each event to one of the tenant's IPs and count the attributed ones in one round trip.
+
+    `groups`, `remember` and `also_attributed` carry events already attributed and grouped by the
+    caller (`webhooks.powermta_csv`), counted in the same round trip: their groups, the references
+    they remember, and how many they are. A reference is remembered for the last record (in the body's
+    order) that names it: `refs_after` gives, for references of `events` that such a record also
+    named, the number of the last one, which an earlier event of `events` does not overwrite.
 
     The hot path of ingestion: per event a few dictionary look-ups and one list append, grouping the
     events by what they add (IP, day, provider, counts) for `CounterStore.count_grouped()`. With Redis,
@@ -130,10 +145,10 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], *, refus
     tenant_id = ctx.tenant.pk
     attributed = result.counted
     pending: list[NormalisedEvent] = []
-    remember: dict[str, int] = {}
+    remember = remember if remember is not None else {}
     dead = result.dead
     # What each attributed event adds, grouped: (ip id, day, provider, counts) -> de-duplication keys.
-    groups: dict[GroupKey, list[str | None]] = {}
+    groups = groups if groups is not None else {}
     day_of, days = ctx.day_of, ctx.day_of.cached
     provider_of, providers = ctx.provider, ctx.providers
     kinds: dict[tuple[str, str, bool], tuple[tuple[str, int], ...]] = {}
@@ -177,7 +192,8 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], *, refus
             continue
         if event.remembers_refs:
             for ref in event.message_refs:
-                remember[ref] = ip_id
+                if refs_after is None or refs_after.get(ref, 0) < event.record:
+                    remember[ref] = ip_id
         # add(event, ip_id), inlined: this runs for every record of every batch.
         at = event.occurred_at
         kind = (event.type, event.bounce_class, event.async_bounce)
@@ -222,7 +238,7 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], *, refus
             ctx.refs.write(tenant_id, remember)
     if groups:
         result.accepted = ctx.store.count_grouped(groups, also)
-        result.duplicates = len(attributed) - result.accepted
+        result.duplicates = len(attributed) + also_attributed - result.accepted
     return result
 
 
@@ -234,7 +250,11 @@ def ingest(ctx: TenantContext, batch: Batch, *, refuse_foreign: bool = False) ->
     no event is stranded under the wrong tenant. A backfill, whose operator names the tenant, keeps such
     records as `unknown_ip` dead letters instead.
     """
-    counted = count_events(ctx, batch.events, refuse_foreign=refuse_foreign)
+    return finish(ctx, batch, count_events(ctx, batch.events, refuse_foreign=refuse_foreign))
+
+
+def finish(ctx: TenantContext, batch: Batch, counted: Counted) -> IngestResult:
+    """The answer for a batch whose events were counted: dead letters for the rest, and the metrics."""
     result = IngestResult(accepted=counted.accepted, duplicates=counted.duplicates, ignored=batch.ignored)
 
     letters: list[DeadLetter] = []
@@ -415,6 +435,7 @@ __all__ = [
     "Rejection",
     "TenantContext",
     "count_events",
+    "finish",
     "ingest",
     "reprocess_dead_letters",
 ]

@@ -297,25 +297,35 @@ NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "applica
 
 def parse_body(body: bytes, content_type: str = "") -> Batch:
     """A request body: CSV (text/csv), NDJSON (application/x-ndjson) or JSON; sniffed when unlabelled."""
-    content_type = (content_type or "").split(";", 1)[0].strip().lower()
-    if content_type in NDJSON_TYPES:
+    if is_csv(body, content_type):
+        return parse_csv(decode(body))
+    if _media_type(content_type) in NDJSON_TYPES:
         return parse_ndjson(body, Batch(SOURCE), normalise_record)
-    if content_type in CSV_TYPES:
-        return parse_csv(_decode(body))
-    first = body.lstrip()[:1]
-    if content_type == "application/json" or first in (b"{", b"["):
-        try:
-            document = load_json(body)
-        except UnparseableBody:
-            # Posting tools sometimes label NDJSON as JSON: several objects, one a line.
-            if first == b"{" and b"\n" in body.strip():
-                return parse_ndjson(body, Batch(SOURCE), normalise_record)
-            raise
-        return add_records(Batch(SOURCE), json_records(document), normalise_record)
-    return parse_csv(_decode(body))
+    try:
+        document = load_json(body)
+    except UnparseableBody:
+        # Posting tools sometimes label NDJSON as JSON: several objects, one a line.
+        if body.lstrip()[:1] == b"{" and b"\n" in body.strip():
+            return parse_ndjson(body, Batch(SOURCE), normalise_record)
+        raise
+    return add_records(Batch(SOURCE), json_records(document), normalise_record)
 
 
-def _decode(body: bytes) -> str:
+def is_csv(body: bytes, content_type: str = "") -> bool:
+    """Whether `parse_body` reads the body as CSV: labelled so, or unlabelled and not JSON-looking."""
+    media_type = _media_type(content_type)
+    if media_type in NDJSON_TYPES:
+        return False
+    if media_type in CSV_TYPES:
+        return True
+    return media_type != "application/json" and body.lstrip()[:1] not in (b"{", b"[")
+
+
+def _media_type(content_type: str) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def decode(body: bytes) -> str:
     # Accounting files are UTF-8 in practice, but remote replies (dsnDiag) can carry stray bytes:
     # replace them rather than refuse the batch.
     return body.decode("utf-8", "replace")

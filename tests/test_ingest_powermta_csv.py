@@ -1,0 +1,180 @@
+"""The PowerMTA CSV hot path (`webhooks.powermta_csv`) against the general pipeline it stands in for.
+
+Both run on the same generated bodies, each from an empty counter store and no dead letters: the
+answers, every Redis key they write (counts, de-duplication sets, message references) and the dead
+letters must be the same. The bodies mix the usual records with everything that leaves the usual path:
+other types and cases, missing, zero-padded, foreign-format and out-of-range times, unknown, padded,
+absent and malformed IPs, source names, message references only, bounce categories and statuses,
+short rows, quoted commas and newlines, blank lines and rows the csv module refuses.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from domains.models import IP
+from warmup.counters import get_store
+from webhooks.cache import context_for
+from webhooks.ingest import TenantContext, ingest
+from webhooks.models import DeadLetter
+from webhooks.parsers.powermta import CsvLayout, _new_batch, parse_csv
+from webhooks.powermta_csv import _read, ingest_csv
+
+from .factories import DomainFactory, IPFactory, TenantFactory
+
+ADDRESSES = ["45.123.10.1", "45.123.10.2", "2001:db8::5"]
+HEADER = [
+    "type", "timeLogged", "timeQueued", "orig", "rcpt", "dsnStatus", "dsnDiag", "bounceCat", "dlvSourceIp",
+    "vmta", "jobId", "repSourceIp", "header_Message-Id", "header_X-Mw-Campaign-Uid",
+    "header_X-Mw-Subscriber-Uid", "feedbackType",
+]  # fmt: skip
+
+types = st.sampled_from(["d", "d", "d", "b", "rb", "rs", "f", "t", "tq", "r", "D", " b", "x", ""])
+times = st.one_of(
+    st.integers(1_790_000_000, 1_800_000_000).map(str),
+    st.sampled_from(["2026-11-28 13:59:34+0000", "2026-11-28 23:59:59-0500", "2026-11-29 00:00:01+0200"]),
+    st.sampled_from(["0001795900416", "", "2026-11-28T10:00:00Z", "yesterday", "99999999999", "-5", "١٢٣"]),
+)
+ips = st.sampled_from(
+    ["45.123.10.1", "45.123.10.1", "45.123.10.2", " 45.123.10.2 ", "2001:DB8::5", "2001:db8::5", "9.9.9.9", "", "x"]
+)
+texts = st.text(alphabet=st.sampled_from('ab@.<> ,"\n-5é'), max_size=12)
+records = st.fixed_dictionaries(
+    {
+        "type": types,
+        "timeLogged": times,
+        "timeQueued": st.sampled_from(["", "1795900401", "2026-11-28 13:59:27+0000"]),
+        "orig": st.sampled_from(["bounces@mail1.sos-mail.com", ""]),
+        "rcpt": st.sampled_from(["u@gmail.com", "v@Outlook.COM>", "w@yahoo.fr ", "nobody", "", "a@b@icloud.com"]),
+        "dsnStatus": st.sampled_from(["", "5.1.1 (bad mailbox)", "4.7.0 (deferred)", "5.7.1", "junk"]),
+        "dsnDiag": texts,
+        "bounceCat": st.sampled_from(["", "bad-mailbox", "spam-related", "Policy-Related ", "other"]),
+        "dlvSourceIp": ips,
+        "vmta": st.sampled_from(["", "mail1-vmta", "MAIL2-VMTA", "unknown-vmta"]),
+        "jobId": st.sampled_from(["", "job-1"]),
+        "repSourceIp": ips,
+        "header_Message-Id": st.sampled_from(["", "<m1@mail1.sos-mail.com>", " <m2@x> ", "<>", "m3@y"]),
+        "header_X-Mw-Campaign-Uid": st.sampled_from(["", "cmp1", " cmp2 "]),
+        "header_X-Mw-Subscriber-Uid": st.sampled_from(["", "sub1", " "]),
+        "feedbackType": st.sampled_from(["", "abuse"]),
+    }
+)
+
+
+def body_of(rows: list[dict], header: list[str], extras: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([row.get(name, "") for name in header])
+    lines = out.getvalue().splitlines(keepends=True)
+    # Odd lines among the records: blank, short, and lines the csv module refuses or reads oddly.
+    for position, extra in enumerate(extras):
+        lines.insert(min(1 + position * 3, len(lines)), extra)
+    return "".join(lines)
+
+
+@pytest.fixture
+def tenant(db, redis_client):
+    tenant = TenantFactory(name="SOS-Expat", slug="sos-expat", time_zone="Europe/Paris")
+    for n, address in enumerate(ADDRESSES, start=1):
+        IPFactory(
+            tenant=tenant,
+            domain=DomainFactory(tenant=tenant, name=f"mail{n}.sos-mail.com"),
+            address=address,
+            mta_source_name=f"mail{n}-vmta",
+        )
+    IPFactory(address="9.9.9.9")  # another tenant's
+    return tenant
+
+
+def state(redis_client) -> dict:
+    """Everything the pipeline wrote: Redis keys (with their type's contents) and dead letters."""
+    keys = {}
+    for key in redis_client.keys("wp:*"):
+        kind = redis_client.type(key)
+        if kind == b"hash":
+            keys[key] = redis_client.hgetall(key)
+        elif kind == b"set":
+            keys[key] = redis_client.smembers(key)
+        else:
+            keys[key] = kind
+    letters = sorted(
+        DeadLetter.objects.values_list("source", "reason", "error", "event_key", "ip_address").order_by("event_key")
+    )
+    raws = sorted(str(raw) for raw in DeadLetter.objects.values_list("raw", flat=True))
+    return {"keys": keys, "letters": letters, "raws": raws}
+
+
+def reset(redis_client) -> None:
+    redis_client.flushdb()
+    DeadLetter.objects.all().delete()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(records, max_size=25),
+    drop=st.sets(st.sampled_from(HEADER[1:]), max_size=3),
+    extras=st.lists(st.sampled_from(["\n", "d,1795900416\n", '"unterminated,\n', 'd,"a"b",x\n', "\r\n"]), max_size=3),
+    repeat=st.booleans(),
+)
+def test_the_hot_path_writes_and_answers_what_the_general_pipeline_does(
+    tenant, redis_client, rows, drop, extras, repeat
+):
+    header = [name for name in HEADER if name not in drop]
+    text = body_of(rows + rows[:2] if repeat else rows, header, extras)
+
+    reset(redis_client)
+    general = ingest(TenantContext(tenant), parse_csv(text), refuse_foreign=False).as_json()
+    expected = state(redis_client)
+    reset(redis_client)
+    hot = ingest_csv(TenantContext(tenant), text, refuse_foreign=False).as_json()
+
+    assert hot == general
+    assert state(redis_client) == expected
+
+
+def test_usual_records_take_the_hot_path_without_an_event_object(tenant, redis_client):
+    rows = [
+        {"type": "d", "timeLogged": "1795900416", "rcpt": "u@gmail.com", "dlvSourceIp": "45.123.10.1",
+         "header_Message-Id": "<m1@x>", "header_X-Mw-Campaign-Uid": "c", "header_X-Mw-Subscriber-Uid": "s"},
+        {"type": "b", "timeLogged": "2026-11-28 13:59:34+0000", "rcpt": "v@yahoo.fr", "dlvSourceIp": "45.123.10.2",
+         "bounceCat": "bad-mailbox", "dsnStatus": "5.1.1 (bad mailbox)"},
+        {"type": "r", "timeLogged": "1795900416", "dlvSourceIp": "45.123.10.1"},  # ignored: the general path
+        {"type": "d", "timeLogged": "1795900417", "dlvSourceIp": "9.9.9.9"},  # not the tenant's: general
+    ]  # fmt: skip
+    lines = io.StringIO(body_of(rows, HEADER, []), newline="").readlines()
+    reader = csv.reader(lines)
+    layout = CsvLayout(next(reader))
+    batch = _new_batch(layout, lines)
+
+    groups, remember, _, fast = _read(TenantContext(tenant), reader, layout, batch)
+
+    assert fast == 2
+    assert sum(len(keys) for keys in groups.values()) == 2
+    ip1 = IP.objects.get(address="45.123.10.1").pk
+    assert remember == {"mid:m1@x": ip1, "mw:c/s": ip1}
+    assert [event.ip for event in batch.events] == ["9.9.9.9"]
+    assert (batch.records, batch.ignored, batch.rejected) == (4, 1, [])
+
+
+def test_the_cached_context_of_a_request_counts_the_same(tenant, redis_client):
+    text = body_of(
+        [{"type": "d", "timeLogged": "1795900416", "rcpt": "u@gmail.com", "dlvSourceIp": "45.123.10.1"}] * 2,
+        HEADER,
+        [],
+    )
+
+    first = ingest_csv(context_for(tenant), text, refuse_foreign=True).as_json()
+    again = ingest_csv(context_for(tenant), text, refuse_foreign=True).as_json()
+
+    assert (first["accepted"], first["duplicates"]) == (1, 1)
+    assert (again["accepted"], again["duplicates"]) == (0, 2)
+    ip1 = IP.objects.get(address="45.123.10.1").pk
+    day = TenantContext(tenant).day_of(1795900416)
+    assert get_store().read(ip1, day)["delivered"] == 1
