@@ -46,6 +46,7 @@ lint: dev-venv
 	$(BIN)/python manage.py makemigrations --check --dry-run
 
 bench: dev-venv
+	@bash bench/install-tools
 	@DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) QUICK=$(QUICK) $(BIN)/python bench/run_all.py
 
 clean:

@@ -427,10 +427,10 @@ class RedisCounterStore(CounterStore):
             day_keys[position - 1] += dedup_keys
         widths, packed = [], []
         for dedup_keys in day_keys:
-            width = len(dedup_keys[0]) if dedup_keys else 0
-            if width and dedup_keys[0].isascii() and all(len(k) == width and k.isascii() for k in dedup_keys):
-                widths.append(width)
-                packed.append("".join(dedup_keys))
+            joined = "".join(dedup_keys)
+            if joined and joined.isascii() and len(set(map(len, dedup_keys))) == 1:
+                widths.append(len(dedup_keys[0]))
+                packed.append(joined)
             else:
                 widths.append(0)
                 packed.append(_dumps(dedup_keys))
