@@ -85,6 +85,20 @@ def test_it_counts_an_event_once_by_its_dedup_key(store, ip):
     assert store.read(ip.id, DAY)["opens"] == 1
 
 
+def test_a_single_event_is_counted_once_and_listed_for_consolidation(store, ip):
+    # One event with a key: the Redis store's lean script (a JSON webhook's usual body).
+    event = Increment(ip.id, DAY, {"sent": 1, "delivered": 1}, "gmail", "single-1")
+
+    assert store.apply([event]) == [True]
+    assert store.apply([event]) == [False]
+    assert store.apply([Increment(ip.id, DAY, {"complaints": 1}, "gmail", "single-2")]) == [True]
+
+    figures = store.read(ip.id, DAY)
+    assert (figures["sent"], figures["delivered"], figures["complaints"]) == (1, 1, 1)
+    if isinstance(store, RedisCounterStore):
+        assert store.pending_ip_days() == [(ip.id, DAY)]
+
+
 def test_large_batches_count_each_key_once_within_and_across_calls(store, ip):
     # Over 4,000 keys of one IP-day: the Redis script checks them in slices of 4,000, so a repeat may
     # fall in the same slice as its first occurrence or in a later one.

@@ -300,6 +300,23 @@ end
 return results
 """
 
+# One event of one IP-day, as `_APPLY_LUA` counts it, with plain arguments. KEYS: the counts hash, the
+# de-duplication set, the index. ARGV[1] = de-duplication TTL, ARGV[2] = the event's key, then field,
+# amount, field, amount ... Returns 1 (counted) or 0 (a duplicate).
+_ONE_LUA = """
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+for i = 3, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if #ARGV > 2 then
+  redis.call('SADD', KEYS[3], KEYS[1])
+end
+return 1
+"""
+
 # Set aside IP-days for consolidation. KEYS: the index, the in-flight set, then pairs (day hash, batch
 # key). Atomic on a single node, so an increment lands either in the batch or in a new hash that is
 # listed in the index again. Returns the batch keys actually created (IP-days with a hash).
@@ -357,6 +374,7 @@ class RedisCounterStore(CounterStore):
         self.client = client if client is not None else get_redis()
         self.cluster = isinstance(self.client, redis.RedisCluster)
         self._apply_script = self.client.register_script(_APPLY_LUA)
+        self._one_script = self.client.register_script(_ONE_LUA)
         self._claim_script = self.client.register_script(_CLAIM_LUA)
         self._ttl = int(timedelta(days=settings.WEBHOOK_DEDUP_TTL_DAYS).total_seconds())
 
@@ -376,6 +394,10 @@ class RedisCounterStore(CounterStore):
     def _count(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None) -> set[tuple]:
         """Run the script; returns the duplicates as (group key, position in the group)."""
         if not self.cluster:
+            if len(groups) == 1 and also is None:
+                ((key, dedup_keys),) = groups.items()
+                if len(dedup_keys) == 1 and dedup_keys[0] is not None:
+                    return self._run_one(key, dedup_keys[0])
             return self._run_apply(list(groups.items()), also, with_index=True)[0]
         # One script call per hash slot (a script may only touch keys of one slot), the extra hash
         # first (a batch whose references cannot be written is not counted), then the index, written
@@ -454,6 +476,15 @@ class RedisCounterStore(CounterStore):
             if counted and not with_index:
                 touched.add(keys[2 * hashes[key[:2]] - 2])
         return duplicates, touched
+
+    def _run_one(self, key: GroupKey, dedup_key: str) -> set[tuple]:
+        """A single event (a JSON webhook's usual body): the lean script, no JSON to encode or decode."""
+        ip_id, day, provider, counts = key
+        tag = day_tag(ip_id, day)
+        counted = self._one_script(
+            keys=[tag + ":c", tag + ":d", INDEX_KEY], args=[self._ttl, dedup_key, *_fields_of(provider, counts)]
+        )
+        return set() if counted else {(key, 0)}
 
     @_redis_reachable
     def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
