@@ -14,11 +14,13 @@ import csv
 import io
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domains.models import IP
 from warmup.counters import get_store
+from webhooks import powermta_csv
 from webhooks.cache import context_for
 from webhooks.ingest import TenantContext, ingest
 from webhooks.models import DeadLetter
@@ -116,7 +118,8 @@ def reset(redis_client) -> None:
     DeadLetter.objects.all().delete()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.parametrize("stream_refs", [2, powermta_csv.STREAM_REFS])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rows=st.lists(records, max_size=25),
     drop=st.sets(st.sampled_from(HEADER[1:]), max_size=3),
@@ -124,8 +127,10 @@ def reset(redis_client) -> None:
     repeat=st.booleans(),
 )
 def test_the_hot_path_writes_and_answers_what_the_general_pipeline_does(
-    tenant, redis_client, rows, drop, extras, repeat
+    tenant, redis_client, monkeypatch, stream_refs, rows, drop, extras, repeat
 ):
+    # With references sent ahead every 2 (most bodies stream several writes) and as in production.
+    monkeypatch.setattr(powermta_csv, "STREAM_REFS", stream_refs)
     header = [name for name in HEADER if name not in drop]
     text = body_of(rows + rows[:2] if repeat else rows, header, extras)
 
@@ -153,7 +158,8 @@ def test_usual_records_take_the_hot_path_without_an_event_object(tenant, redis_c
     layout = CsvLayout(next(reader))
     batch = _new_batch(layout, lines)
 
-    groups, remember, _, fast = _read(TenantContext(tenant), reader, layout, batch)
+    read = _read(TenantContext(tenant), reader, layout, batch, None)
+    groups, remember, fast = read.groups, read.remember, read.fast
 
     assert fast == 2
     assert sum(len(keys) for keys in groups.values()) == 2
@@ -178,3 +184,54 @@ def test_the_cached_context_of_a_request_counts_the_same(tenant, redis_client):
     ip1 = IP.objects.get(address="45.123.10.1").pk
     day = TenantContext(tenant).day_of(1795900416)
     assert get_store().read(ip1, day)["delivered"] == 1
+
+
+def delivered_rows(count: int) -> list[dict]:
+    return [
+        {"type": "d", "timeLogged": str(1795900416 + n), "rcpt": f"u{n}@gmail.com", "dlvSourceIp": "45.123.10.1",
+         "header_Message-Id": f"<m{n}@x>", "header_X-Mw-Campaign-Uid": "c", "header_X-Mw-Subscriber-Uid": f"s{n}"}
+        for n in range(count)
+    ]  # fmt: skip
+
+
+def test_references_sent_ahead_are_written_and_the_counts_follow(tenant, redis_client, monkeypatch):
+    monkeypatch.setattr(powermta_csv, "STREAM_REFS", 10)
+    ctx = TenantContext(tenant)
+    redis_client.script_flush()  # the counting script is loaded again on the stream's connection
+
+    result = ingest_csv(ctx, body_of(delivered_rows(25), HEADER, []))
+
+    assert result.as_json()["accepted"] == 25
+    ip1 = IP.objects.get(address="45.123.10.1").pk
+    refs = ctx.refs.read(tenant.pk, ["mid:m0@x", "mw:c/s24", "mid:m24@x"])
+    assert refs == {"mid:m0@x": ip1, "mw:c/s24": ip1, "mid:m24@x": ip1}
+    assert get_store().read(ip1, ctx.day_of(1795900416))["delivered"] == 25
+
+
+def test_redis_lost_while_references_are_sent_ahead_counts_nothing(tenant, redis_client, monkeypatch, tmp_path):
+    from tests.test_webhooks_redis_down import OwnRedis, free_port
+    from warmup.counters import CounterStoreUnavailable, RedisCounterStore
+    from webhooks.attribution import RedisMessageRefs
+
+    server = OwnRedis(tmp_path, free_port())
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    ctx = TenantContext(tenant)
+    ctx.store, ctx.refs = RedisCounterStore(client), RedisMessageRefs(client)
+    writes = []
+
+    def stop_after_the_first_write(tenant_id, refs):  # the server dies between two writes
+        writes.append(len(refs))
+        if len(writes) == 2:
+            server.stop()
+        return RedisMessageRefs.hash_write(ctx.refs, tenant_id, refs)
+
+    monkeypatch.setattr(ctx.refs, "hash_write", stop_after_the_first_write)
+    monkeypatch.setattr(powermta_csv, "STREAM_REFS", 10)
+    try:
+        with pytest.raises(CounterStoreUnavailable):
+            ingest_csv(ctx, body_of(delivered_rows(25), HEADER, []))
+        server.start()  # its data survived (append-only file): nothing was counted
+        assert client.keys("wp:{ip:*") == []
+    finally:
+        server.stop()

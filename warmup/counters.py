@@ -153,13 +153,20 @@ class CounterStore:
         """De-duplicate and count a batch atomically; True = counted, False = duplicate."""
         raise NotImplementedError
 
-    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None = None) -> int:
+    def count_grouped(
+        self,
+        groups: Mapping[GroupKey, Sequence[str | None]],
+        also: HashWrite | None = None,
+        stream: StreamedWrites | None = None,
+    ) -> int:
         """`apply()` for a batch grouped by what its events add: each group's de-duplication keys (None:
         always counted). Atomic like `apply()`; returns how many were counted (the rest were duplicates).
 
-        `also` (Redis only) is written in the same round trip, before anything is counted.
+        `also` (Redis only) is written in the same round trip, before anything is counted; `stream`
+        (Redis only, from `stream_hash_writes()`) holds hash writes sent ahead, whose replies are read
+        with the counts'.
         """
-        if also is not None:
+        if also is not None or (stream is not None and stream.conn is not None):
             raise ValueError(f"{type(self).__name__} writes no Redis hash")
         increments = [
             Increment(ip_id, day, dict(items), provider, dedup_key)
@@ -167,6 +174,10 @@ class CounterStore:
             for dedup_key in keys
         ]
         return sum(self.apply(increments))
+
+    def stream_hash_writes(self) -> StreamedWrites | None:
+        """Where a batch's hash writes may go ahead of its counts (`StreamedWrites`); None: nowhere."""
+        return None
 
     def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
         """Live "sent" of several IP-days, in one round trip."""
@@ -367,6 +378,68 @@ def _redis_reachable(method):
     return wrapper
 
 
+class StreamedWrites:
+    """Hash writes sent ahead of a batch's counts, on the connection that will count the batch.
+
+    The ingestion pipeline sends a body's message references while it is still reading the body, so
+    that Redis stores them meanwhile instead of after the parsing; `count_grouped(..., stream=)` sends
+    the counting script on the same connection and reads every reply, the writes' first: the batch
+    still waits for Redis once. A write that fails fails the batch (CounterStoreUnavailable, or the
+    error Redis answered) as if it had gone with the script; a reference written for a batch that is
+    then not counted is harmless, since the sender posts the body again and it says the same again.
+    Single node only (`stream_hash_writes()` gives None on a cluster).
+    """
+
+    def __init__(self, client: redis.Redis):
+        self._pool = client.connection_pool
+        self.conn = None
+        self._pending = 0  # replies not read yet
+
+    def send(self, write: HashWrite) -> None:
+        try:
+            if self.conn is None:
+                self.conn = self._pool.get_connection()
+            self.conn.send_packed_command(
+                self.conn.pack_commands([("HSET", write.key, *write.fields), ("EXPIRE", write.key, write.ttl)]),
+                check_health=False,
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.close()
+            raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        self._pending += 2
+
+    def run_script(self, script, keys: list, args: list):
+        """Run `script` on this connection after the writes; its reply (raises the writes' errors)."""
+        conn = self.conn
+        conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        self._pending += 1
+        failed = None
+        while self._pending > 1:
+            try:
+                conn.read_response()
+            except redis.ResponseError as exc:
+                failed = failed or exc
+            self._pending -= 1
+        try:
+            reply = conn.read_response()
+        except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts
+            reply = None
+        self._pending = 0
+        if reply is None:
+            reply = script(keys=keys, args=args)
+        if failed is not None:
+            raise failed
+        return reply
+
+    def close(self) -> None:
+        """Give the connection back (closed if replies are still unread)."""
+        if self.conn is not None:
+            if self._pending:
+                self.conn.disconnect()
+            self._pool.release(self.conn)
+            self.conn, self._pending = None, 0
+
+
 class RedisCounterStore(CounterStore):
     """Counters in Redis hashes; see the module docstring for the key layout."""
 
@@ -383,16 +456,32 @@ class RedisCounterStore(CounterStore):
         if not increments:
             return []
         groups, places = group_increments(increments)
-        duplicates = self._count(groups, None)
+        duplicates = self._count(groups, None, None)
         return [(place not in duplicates) for place in places]
 
     @_redis_reachable
-    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None = None) -> int:
-        duplicates = self._count(groups, also)
+    def count_grouped(
+        self,
+        groups: Mapping[GroupKey, Sequence[str | None]],
+        also: HashWrite | None = None,
+        stream: StreamedWrites | None = None,
+    ) -> int:
+        try:
+            duplicates = self._count(groups, also, stream if stream is not None and stream.conn is not None else None)
+        finally:
+            if stream is not None:
+                stream.close()
         return sum(len(keys) for keys in groups.values()) - len(duplicates)
 
-    def _count(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None) -> set[tuple]:
+    def stream_hash_writes(self) -> StreamedWrites | None:
+        return None if self.cluster else StreamedWrites(self.client)
+
+    def _count(
+        self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None, stream: StreamedWrites | None
+    ) -> set[tuple]:
         """Run the script; returns the duplicates as (group key, position in the group)."""
+        if stream is not None:
+            return self._run_apply(list(groups.items()), also, with_index=True, stream=stream)[0]
         if not self.cluster:
             if len(groups) == 1 and also is None:
                 ((key, dedup_keys),) = groups.items()
@@ -422,7 +511,9 @@ class RedisCounterStore(CounterStore):
             self.client.sadd(INDEX_KEY, *touched)
         return duplicates
 
-    def _run_apply(self, items: list, also: HashWrite | None, with_index: bool) -> tuple[set[tuple], set[str]]:
+    def _run_apply(
+        self, items: list, also: HashWrite | None, with_index: bool, stream: StreamedWrites | None = None
+    ) -> tuple[set[tuple], set[str]]:
         """One script call for the groups `items`; (duplicates, hashes that received counts)."""
         # The script wants the groups of an IP-day next to each other.
         items = sorted(items, key=_ip_day_of)
@@ -466,7 +557,10 @@ class RedisCounterStore(CounterStore):
             extra = len(keys)
             extra_args = [extra, also.ttl, _dumps(list(also.fields))]
         args = [self._ttl, index, *extra_args, _dumps(encoded), _dumps(widths), *packed]
-        replies = self._apply_script(keys=keys, args=args)
+        if stream is None:
+            replies = self._apply_script(keys=keys, args=args)
+        else:
+            replies = stream.run_script(self._apply_script, keys, args)
         duplicates = set()
         touched = set()
         for number, ((key, _), (counted, *found)) in enumerate(zip(items, replies, strict=True)):

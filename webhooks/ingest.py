@@ -26,7 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from domains.models import Tenant
-from warmup.counters import GroupKey, RedisCounterStore, get_store, provider_for
+from warmup.counters import GroupKey, RedisCounterStore, StreamedWrites, get_store, provider_for
 from webhooks import metrics
 from webhooks.attribution import Attributor, RedisMessageRefs, get_message_refs
 from webhooks.events import DayOf, NormalisedEvent, count_items, event_key
@@ -123,6 +123,8 @@ def count_events(
     remember: dict[str, int] | None = None,
     also_attributed: int = 0,
     refs_after: Mapping[str, int] | None = None,
+    streamed: Mapping[str, int] | None = None,
+    stream: StreamedWrites | None = None,
 ) -> Counted:
     """Attribute each event to one of the tenant's IPs and count the attributed ones in one round trip.
 
@@ -131,6 +133,8 @@ def count_events(
     they remember, and how many they are. A reference is remembered for the last record (in the body's
     order) that names it: `refs_after` gives, for references of `events` that such a record also
     named, the number of the last one, which an earlier event of `events` does not overwrite.
+    `streamed` are references the caller has already sent on `stream` (see `StreamedWrites`), whose
+    replies are read with the counts'.
 
     The hot path of ingestion: per event a few dictionary look-ups and one list append, grouping the
     events by what they add (IP, day, provider, counts) for `CounterStore.count_grouped()`. With Redis,
@@ -216,8 +220,10 @@ def count_events(
             raise ForeignCredentials("these credentials do not cover the IPs this body names")
 
     if pending:
-        wanted = {ref for event in pending for ref in event.message_refs if ref not in remember}
+        streamed = streamed or {}
+        wanted = {ref for event in pending for ref in event.message_refs if ref not in remember and ref not in streamed}
         known = ctx.refs.read(tenant_id, wanted) if wanted else {}
+        known.update(streamed)
         known.update(remember)
         for event in pending:
             for ref in event.message_refs:
@@ -237,7 +243,7 @@ def count_events(
         else:
             ctx.refs.write(tenant_id, remember)
     if groups:
-        result.accepted = ctx.store.count_grouped(groups, also)
+        result.accepted = ctx.store.count_grouped(groups, also, stream=stream)
         result.duplicates = len(attributed) + also_attributed - result.accepted
     return result
 

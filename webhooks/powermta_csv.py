@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
+from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
 
-from warmup.counters import GroupKey
+from warmup.counters import GroupKey, StreamedWrites
+from webhooks.attribution import RedisMessageRefs
 from webhooks.events import REF_STRIP, EventType, Ignored, InvalidRecord, classify_bounce, count_items, powermta_time
 from webhooks.ingest import IngestResult, TenantContext, count_events, finish, ingest
 from webhooks.parsers import Batch, Rejection, UnparseableBody, gc_paused
@@ -51,6 +54,9 @@ _BOUNCE_TYPES = {
 _COMPLAINT_TYPES = frozenset(
     rtype for rtype, (event_type, _, _) in RECORD_TYPES.items() if event_type is EventType.COMPLAINED
 )
+# References a body sends ahead of its counts at a time: a few hundred records' worth, so that Redis
+# stores them while the rest of the body is read.
+STREAM_REFS = 512
 _LATEST = 32503680000  # the first second of the year 3000: later times are rejected (`_event`)
 
 
@@ -80,32 +86,52 @@ def ingest_csv(ctx: TenantContext, text: str, *, refuse_foreign: bool = False) -
         raise UnparseableBody("empty CSV: expected a header line and records")
     layout = CsvLayout(header)
     batch = _new_batch(layout, lines)
-    with gc_paused():
-        groups, remember, refs_after, fast = _read(ctx, reader, layout, batch)
-    counted = count_events(
-        ctx,
-        batch.events,
-        refuse_foreign=refuse_foreign,
-        groups=groups,
-        remember=remember,
-        also_attributed=fast,
-        refs_after=refs_after,
-    )
+    # With Redis, the message references go out while the body is still read (`StreamedWrites`).
+    stream = ctx.store.stream_hash_writes() if isinstance(ctx.refs, RedisMessageRefs) else None
+    try:
+        with gc_paused():
+            read = _read(ctx, reader, layout, batch, stream)
+        counted = count_events(
+            ctx,
+            batch.events,
+            refuse_foreign=refuse_foreign,
+            groups=read.groups,
+            remember=read.remember,
+            also_attributed=read.fast,
+            refs_after=read.refs_after,
+            streamed=read.streamed,
+            stream=stream,
+        )
+    finally:
+        if stream is not None:
+            stream.close()
     return finish(ctx, batch, counted)
 
 
-def _read(
-    ctx: TenantContext, reader: Any, layout: CsvLayout, batch: Batch
-) -> tuple[dict[GroupKey, list[str | None]], dict[str, int], dict[str, int], int]:
-    """Read every record: the usual ones into (groups, references to remember, `refs_after` (see
-    `count_events`), how many), the others into `batch` (events for the general path, rejections,
-    ignored records)."""
+@dataclass(slots=True)
+class _Read:
+    """The usual records of a body, read: see `count_events` for the parts."""
+
+    groups: dict[GroupKey, list[str | None]]
+    remember: dict[str, int]  # references not sent yet
+    streamed: dict[str, int]  # references sent ahead on the stream
+    refs_after: dict[str, int]
+    fast: int  # how many usual records
+
+
+def _read(ctx: TenantContext, reader: Any, layout: CsvLayout, batch: Batch, stream: StreamedWrites | None) -> _Read:
+    """Read every record: the usual ones into a `_Read`, the others into `batch` (events for the general
+    path, rejections, ignored records). Every STREAM_REFS references, those not sent yet go out on
+    `stream`."""
     width, sentinel, pick = layout.width, layout.sentinel, layout.pick
     by_address = ctx.attributor.by_address
     day_of, days = ctx.day_of, ctx.day_of.cached
     provider_of, providers = ctx.provider, ctx.providers
     groups: dict[GroupKey, list[str | None]] = {}
     remember: dict[str, int] = {}
+    streamed: dict[str, int] = {}
+    flush_at = STREAM_REFS if stream is not None else sys.maxsize
+    tenant_id = ctx.tenant.pk
     bounce_counts: dict[tuple[str, str, bool], tuple[tuple[str, int], ...]] = {}
     events, rejected = batch.events, batch.rejected
     number = fast = 0
@@ -196,6 +222,10 @@ def _read(
                             remember["mw:" + campaign + "/" + subscriber] = ip_id
                             if watched and "mw:" + campaign + "/" + subscriber in watched:
                                 refs_after["mw:" + campaign + "/" + subscriber] = number
+                    if len(remember) >= flush_at:
+                        stream.send(ctx.refs.hash_write(tenant_id, remember))
+                        streamed.update(remember)
+                        remember.clear()
                 at_sign = rcpt.rfind("@")
                 domain = rcpt[at_sign + 1 :].strip().strip(">").lower() if at_sign >= 0 else ""
                 key = blake2b(
@@ -222,4 +252,4 @@ def _read(
             line = reader.line_num
             rejected.append(Rejection(number, f"malformed CSV: {exc}", {"line": reader.line_num}))
     batch.records = number
-    return groups, remember, refs_after, fast
+    return _Read(groups, remember, streamed, refs_after, fast)
