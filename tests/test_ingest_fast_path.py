@@ -10,10 +10,10 @@ from redis.crc import key_slot
 
 from tests.factories import IPFactory
 from warmup.counters import HashWrite, Increment, RedisCounterStore, day_tag
+from warmup_portal.collector import gc_paused
 from webhooks.attribution import RedisMessageRefs
 from webhooks.events import InvalidRecord, parse_time, powermta_time
 from webhooks.ingest import TenantContext, ingest
-from webhooks.parsers import gc_paused
 from webhooks.parsers.powermta import parse_body
 
 DAY = date(2027, 3, 10)

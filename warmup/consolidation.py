@@ -31,6 +31,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from domains.models import IP, Tenant
+from warmup_portal.collector import gc_paused
 
 from .counters import COUNTERS, Batch, DatabaseCounterStore, RedisCounterStore, get_store, split_field
 from .models import ConsolidationBatch, CounterCell, DailyStat
@@ -58,10 +59,11 @@ def consolidate(now: datetime | None = None, store=None) -> ConsolidationReport:
     now = now or timezone.now()
     store = store or get_store()
     if isinstance(store, RedisCounterStore):
-        with _session_lock():
+        with _session_lock(), gc_paused():
             return _consolidate_redis(store, now)
     if isinstance(store, DatabaseCounterStore):
-        return _consolidate_database(now)
+        with gc_paused():
+            return _consolidate_database(now)
     raise TypeError(f"cannot consolidate a {type(store).__name__}")
 
 

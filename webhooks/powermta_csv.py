@@ -23,10 +23,11 @@ from hashlib import blake2b
 from typing import Any
 
 from warmup.counters import GroupKey, StreamedWrites
+from warmup_portal.collector import gc_paused
 from webhooks.attribution import RedisMessageRefs
 from webhooks.events import REF_STRIP, EventType, Ignored, InvalidRecord, classify_bounce, count_items, powermta_time
 from webhooks.ingest import IngestResult, TenantContext, count_events, finish, ingest
-from webhooks.parsers import Batch, Rejection, UnparseableBody, gc_paused
+from webhooks.parsers import Batch, Rejection, UnparseableBody
 from webhooks.parsers.powermta import (
     RECORD_TYPES,
     SOURCE,

@@ -8,10 +8,8 @@ and the rest of the batch still counts.
 
 from __future__ import annotations
 
-import gc
 import json
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,26 +38,6 @@ class Batch:
     records: int = 0
     # Turns an event's `raw` into the JSON kept in a dead letter (CSV rows become header-to-value objects).
     raw_json: Callable[[Any], Any] = field(default=lambda raw: raw)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a body is parsed.
-
-    Parsing allocates a few container objects per record (rows, events) that all survive until the
-    batch is counted: every 700 of them would trigger a collection that finds no cycle, and the
-    survivors would push the process towards full collections of everything Django keeps. Parsed
-    records hold no reference cycles, so nothing is lost; collections resume afterwards. (The flag
-    is process-wide: a thread that finds it already paused leaves it to the one that paused it.)
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def add_records(batch: Batch, records: Iterable[Any], normalise: Callable[[dict], NormalisedEvent]) -> Batch:

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from hashlib import blake2b
 from typing import Any
 
+from warmup_portal.collector import gc_paused
 from webhooks.events import (
     REF_STRIP,
     EventType,
@@ -36,7 +37,6 @@ from webhooks.parsers import (
     Rejection,
     UnparseableBody,
     add_records,
-    gc_paused,
     json_records,
     load_json,
     parse_ndjson,
