@@ -1,12 +1,14 @@
 """The ingestion pipeline: parsed batch -> attribute -> count (warmup.counters) -> dead letters.
 
 One counter-store call per batch (`count_grouped()`: de-duplicated and counted atomically there; with
-Redis the batch's message references are written by the same script), one round trip to read the
+Redis the batch's message references are written by the same script, or sent ahead of it on the same
+connection while a PowerMTA CSV body is still read, `webhooks.powermta_csv`), one round trip to read the
 references the batch needs (only for events without an IP or source name), one query for the tenant's
-IPs per request (or per backfill), and dead letters for what cannot be counted: events naming an IP
-the tenant does not have (`unknown_ip`), events nothing attributes (`unattributed`), and invalid
-records (`invalid`). Dead letters are unique per (tenant, event key), so a re-posted unattributed event
-is kept once, and `reprocess_dead_letters` counts it (once, under the same key) after its IP appears.
+IPs per request (or per backfill; none with the web processes' caches), and dead letters for what
+cannot be counted: events naming an IP the tenant does not have (`unknown_ip`), events nothing
+attributes (`unattributed`), and invalid records (`invalid`). Dead letters are unique per (tenant, event
+key), so a re-posted unattributed event is kept once, and `reprocess_dead_letters` counts it (once, under
+the same key) after its IP appears.
 
 Order matters for "never a 2xx for an event not durably counted": references and counts are written
 first; if the counter store is unreachable, `CounterStoreUnavailable` propagates with nothing counted
