@@ -27,17 +27,17 @@ from warmup_portal.collector import gc_paused
 from webhooks.attribution import RedisMessageRefs
 from webhooks.events import REF_STRIP, EventType, Ignored, InvalidRecord, classify_bounce, count_items, powermta_time
 from webhooks.ingest import IngestResult, TenantContext, count_events, finish, ingest
-from webhooks.parsers import Batch, Rejection, UnparseableBody
+from webhooks.parsers import Batch, Rejection
 from webhooks.parsers.powermta import (
     RECORD_TYPES,
     SOURCE,
     CsvLayout,
     _event,
     _new_batch,
-    _next_row,
     decode,
     is_csv,
     parse_body,
+    read_layout,
 )
 
 # Record type -> (counts, remembers references) for the types whose counts depend on nothing else.
@@ -80,12 +80,7 @@ def ingest_csv(ctx: TenantContext, text: str, *, refuse_foreign: bool = False) -
     # first line is found again by its index for a dead letter.
     lines = io.StringIO(text, newline="").readlines()
     reader = csv.reader(lines)
-    header = _next_row(reader)
-    while header is not None and not any(cell.strip() for cell in header):
-        header = _next_row(reader)
-    if header is None:
-        raise UnparseableBody("empty CSV: expected a header line and records")
-    layout = CsvLayout(header)
+    layout = read_layout(reader)
     batch = _new_batch(layout, lines)
     # With Redis, the message references go out while the body is still read (`StreamedWrites`).
     stream = ctx.store.stream_hash_writes() if isinstance(ctx.refs, RedisMessageRefs) else None

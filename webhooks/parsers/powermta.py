@@ -212,12 +212,7 @@ def iter_csv_batches(lines: Iterable[str], batch_size: int = CSV_BATCH_SIZE) -> 
     """
     indexed = isinstance(lines, list)
     reader = csv.reader(lines)
-    header = _next_row(reader)
-    while header is not None and not any(cell.strip() for cell in header):
-        header = _next_row(reader)
-    if header is None:
-        raise UnparseableBody("empty CSV: expected a header line and records")
-    layout = CsvLayout(header)
+    layout = read_layout(reader)
     width, sentinel, pick = layout.width, layout.sentinel, layout.pick
     number = 0
     while True:
@@ -256,6 +251,16 @@ def iter_csv_batches(lines: Iterable[str], batch_size: int = CSV_BATCH_SIZE) -> 
                 batch.rejected.append(Rejection(number, f"unreadable record ({exc})", layout.as_dict(row)))
         batch.records = records
         yield batch
+
+
+def read_layout(reader) -> CsvLayout:
+    """The column layout from the header line (the first line with a non-blank cell)."""
+    header = _next_row(reader)
+    while header is not None and not any(cell.strip() for cell in header):
+        header = _next_row(reader)
+    if header is None:
+        raise UnparseableBody("empty CSV: expected a header line and records")
+    return CsvLayout(header)
 
 
 def _new_batch(layout: CsvLayout, lines: list[str] | None) -> Batch:
