@@ -128,6 +128,7 @@ class LoadGenerator:
         self.events = 0
         self.requests = 0
         self.accepted = 0
+        self.unanswered = 0  # events of bodies with an attempt that got no answer (see post_until_counted)
         self.retries = 0
         self.duplicate_posts = 0
         self.errors: list[str] = []
@@ -157,20 +158,34 @@ class LoadGenerator:
         return json.dumps(events).encode()
 
     def post_until_counted(self, session: requests.Session, body: bytes, first: int) -> None:
-        """Post until a 200; every answer's `accepted` is tallied (a retried body counts once overall)."""
+        """Post until a 200; every answer's `accepted` is tallied (a retried body counts once overall).
+
+        An attempt that got no answer at all (its web process was killed) may have been counted before
+        the process died: the retry then reports those events as duplicates, and `unanswered` says how
+        many events such bodies hold.
+        """
         attempt = 0
+        unanswered = False
         while True:
             url = self.urls[(first + attempt) % len(self.urls)]
             try:
                 response = session.post(url, data=body, headers=self.headers, timeout=30)
             except requests.RequestException as exc:
                 response, error = None, repr(exc)
+                # A refused connection never reached a web process; a reset one may have been counted.
+                if "NewConnectionError" not in error and "Connection refused" not in error:
+                    unanswered = True
             else:
                 error = f"{response.status_code} {response.text[:200]}"
             with self.lock:
                 self.requests += 1
                 if response is not None and response.status_code == 200:
-                    self.accepted += response.json()["accepted"]
+                    answer = response.json()
+                    self.accepted += answer["accepted"]
+                    if answer["accepted"] + answer["duplicates"] != BATCH:
+                        self.errors.append(f"an answer accounts for {answer} of {BATCH} events")
+                    if unanswered:
+                        self.unanswered += BATCH
                     return
                 self.retries += 1
                 if response is not None and response.status_code >= 500 and response.status_code != 503:
@@ -271,12 +286,21 @@ def test_continuous_webhooks_with_retries_and_a_killed_worker_end_in_exact_daily
 
     print(
         f"soak: {load.events} events in {load.requests} requests ({load.duplicate_posts} re-posts, "
-        f"{load.retries} retried answers); {consolidated_by_workers} batches consolidated by the workers"
+        f"{load.retries} retried answers, {load.unanswered} events in bodies with an unanswered attempt, "
+        f"{load.events - load.accepted} reported as duplicates on a retry); "
+        f"{consolidated_by_workers} batches consolidated by the workers"
     )
     assert not load.errors, load.errors[:5]
     assert load.events > 1000 and load.duplicate_posts > 10, (load.events, load.duplicate_posts)
-    # Every unique event was accepted exactly once over all the answers, duplicates and retries included.
-    assert load.accepted == load.events, (load.accepted, load.events, load.retries)
+    # Every unique event was accepted once over all the answers, duplicates and retries included, but for
+    # events of a body whose answer was lost with a killed web process after they were counted (its
+    # retry reports them as duplicates). The daily stats below are exact in every case.
+    assert load.events - load.unanswered <= load.accepted <= load.events, (
+        load.accepted,
+        load.events,
+        load.unanswered,
+        load.retries,
+    )
     assert consolidated_by_workers > 0
 
     # The final consolidation, then the ground truth, exactly.
