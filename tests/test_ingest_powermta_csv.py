@@ -159,7 +159,7 @@ def test_usual_records_take_the_hot_path_without_an_event_object(tenant, redis_c
     batch = _new_batch(layout, lines)
 
     read = _read(TenantContext(tenant), reader, layout, batch, None)
-    groups, remember, fast = read.groups, read.remember, read.fast
+    groups, remember, fast = read.groups, read.remember, read.count
 
     assert fast == 2
     assert sum(len(keys) for keys in groups.values()) == 2

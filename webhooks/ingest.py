@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +112,22 @@ class Counted:
     dead: list[tuple[NormalisedEvent, str, str]] = field(default_factory=list)  # (event, reason, error)
 
 
+@dataclass(slots=True)
+class Attributed:
+    """Events a caller has already attributed and grouped (`webhooks.powermta_csv`), to be counted in
+    the same round trip as the events `count_events` attributes itself."""
+
+    groups: dict[GroupKey, list[str | None]] = field(default_factory=dict)  # as `count_events` builds them
+    count: int = 0  # how many events the groups hold
+    remember: dict[str, int] = field(default_factory=dict)  # references to write with the counts
+    streamed: dict[str, int] = field(default_factory=dict)  # references already sent on `stream`
+    stream: StreamedWrites | None = None  # see `warmup.counters.StreamedWrites`
+    # A reference is remembered for the last record (in the body's order) that names it: for references
+    # that records among the events also named, the number of the last of these records naming it, so
+    # that an earlier event does not overwrite it.
+    refs_after: dict[str, int] = field(default_factory=dict)
+
+
 class ForeignCredentials(Exception):
     """The body names IPs of another tenant: the sender holds the wrong tenant's token."""
 
@@ -121,22 +137,10 @@ def count_events(
     events: Sequence[NormalisedEvent],
     *,
     refuse_foreign: bool = False,
-    groups: dict[GroupKey, list[str | None]] | None = None,
-    remember: dict[str, int] | None = None,
-    also_attributed: int = 0,
-    refs_after: Mapping[str, int] | None = None,
-    streamed: Mapping[str, int] | None = None,
-    stream: StreamedWrites | None = None,
+    prepared: Attributed | None = None,
 ) -> Counted:
-    """Attribute each event to one of the tenant's IPs and count the attributed ones in one round trip.
-
-    `groups`, `remember` and `also_attributed` carry events already attributed and grouped by the
-    caller (`webhooks.powermta_csv`), counted in the same round trip: their groups, the references
-    they remember, and how many they are. A reference is remembered for the last record (in the body's
-    order) that names it: `refs_after` gives, for references of `events` that such a record also
-    named, the number of the last one, which an earlier event of `events` does not overwrite.
-    `streamed` are references the caller has already sent on `stream` (see `StreamedWrites`), whose
-    replies are read with the counts'.
+    """Attribute each event to one of the tenant's IPs and count the attributed ones in one round trip,
+    with the events the caller has `prepared` (already attributed and grouped).
 
     The hot path of ingestion: per event a few dictionary look-ups and one list append, grouping the
     events by what they add (IP, day, provider, counts) for `CounterStore.count_grouped()`. With Redis,
@@ -146,15 +150,16 @@ def count_events(
     belongs to another tenant.
     """
     result = Counted()
+    before = prepared if prepared is not None else Attributed()
     attributor = ctx.attributor
     by_address = attributor.by_address
     tenant_id = ctx.tenant.pk
     attributed = result.counted
     pending: list[NormalisedEvent] = []
-    remember = remember if remember is not None else {}
+    remember, refs_after = before.remember, before.refs_after
     dead = result.dead
     # What each attributed event adds, grouped: (ip id, day, provider, counts) -> de-duplication keys.
-    groups = groups if groups is not None else {}
+    groups = before.groups
     day_of, days = ctx.day_of, ctx.day_of.cached
     provider_of, providers = ctx.provider, ctx.providers
     kinds: dict[tuple[str, str, bool], tuple[tuple[str, int], ...]] = {}
@@ -198,7 +203,7 @@ def count_events(
             continue
         if event.remembers_refs:
             for ref in event.message_refs:
-                if refs_after is None or refs_after.get(ref, 0) < event.record:
+                if refs_after.get(ref, 0) < event.record:
                     remember[ref] = ip_id
         # add(event, ip_id), inlined: this runs for every record of every batch.
         at = event.occurred_at
@@ -222,7 +227,7 @@ def count_events(
             raise ForeignCredentials("these credentials do not cover the IPs this body names")
 
     if pending:
-        streamed = streamed or {}
+        streamed = before.streamed
         wanted = {ref for event in pending for ref in event.message_refs if ref not in remember and ref not in streamed}
         known = ctx.refs.read(tenant_id, wanted) if wanted else {}
         known.update(streamed)
@@ -245,8 +250,8 @@ def count_events(
         else:
             ctx.refs.write(tenant_id, remember)
     if groups:
-        result.accepted = ctx.store.count_grouped(groups, also, stream=stream)
-        result.duplicates = len(attributed) + also_attributed - result.accepted
+        result.accepted = ctx.store.count_grouped(groups, also, stream=before.stream)
+        result.duplicates = len(attributed) + before.count - result.accepted
     return result
 
 
@@ -442,6 +447,7 @@ __all__ = [
     "IngestResult",
     "Rejection",
     "TenantContext",
+    "Attributed",
     "count_events",
     "finish",
     "ingest",

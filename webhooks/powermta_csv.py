@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from dataclasses import dataclass
 from hashlib import blake2b
 from typing import Any
 
@@ -26,7 +25,7 @@ from warmup.counters import GroupKey, StreamedWrites
 from warmup_portal.collector import gc_paused
 from webhooks.attribution import RedisMessageRefs
 from webhooks.events import REF_STRIP, EventType, Ignored, InvalidRecord, classify_bounce, count_items, powermta_time
-from webhooks.ingest import IngestResult, TenantContext, count_events, finish, ingest
+from webhooks.ingest import Attributed, IngestResult, TenantContext, count_events, finish, ingest
 from webhooks.parsers import Batch, Rejection
 from webhooks.parsers.powermta import (
     RECORD_TYPES,
@@ -86,39 +85,20 @@ def ingest_csv(ctx: TenantContext, text: str, *, refuse_foreign: bool = False) -
     stream = ctx.store.stream_hash_writes() if isinstance(ctx.refs, RedisMessageRefs) else None
     try:
         with gc_paused():
-            read = _read(ctx, reader, layout, batch, stream)
-        counted = count_events(
-            ctx,
-            batch.events,
-            refuse_foreign=refuse_foreign,
-            groups=read.groups,
-            remember=read.remember,
-            also_attributed=read.fast,
-            refs_after=read.refs_after,
-            streamed=read.streamed,
-            stream=stream,
-        )
+            attributed = _read(ctx, reader, layout, batch, stream)
+        counted = count_events(ctx, batch.events, refuse_foreign=refuse_foreign, prepared=attributed)
     finally:
         if stream is not None:
             stream.close()
     return finish(ctx, batch, counted)
 
 
-@dataclass(slots=True)
-class _Read:
-    """The usual records of a body, read: see `count_events` for the parts."""
-
-    groups: dict[GroupKey, list[str | None]]
-    remember: dict[str, int]  # references not sent yet
-    streamed: dict[str, int]  # references sent ahead on the stream
-    refs_after: dict[str, int]
-    fast: int  # how many usual records
-
-
-def _read(ctx: TenantContext, reader: Any, layout: CsvLayout, batch: Batch, stream: StreamedWrites | None) -> _Read:
-    """Read every record: the usual ones into a `_Read`, the others into `batch` (events for the general
-    path, rejections, ignored records). Every STREAM_REFS references, those not sent yet go out on
-    `stream`."""
+def _read(
+    ctx: TenantContext, reader: Any, layout: CsvLayout, batch: Batch, stream: StreamedWrites | None
+) -> Attributed:
+    """Read every record: the usual ones into an `Attributed`, the others into `batch` (events for the
+    general path, rejections, ignored records). Every STREAM_REFS references, those not sent yet go out
+    on `stream`."""
     width, sentinel, pick = layout.width, layout.sentinel, layout.pick
     by_address = ctx.attributor.by_address
     day_of, days = ctx.day_of, ctx.day_of.cached
@@ -248,4 +228,4 @@ def _read(ctx: TenantContext, reader: Any, layout: CsvLayout, batch: Batch, stre
             line = reader.line_num
             rejected.append(Rejection(number, f"malformed CSV: {exc}", {"line": reader.line_num}))
     batch.records = number
-    return _Read(groups, remember, streamed, refs_after, fast)
+    return Attributed(groups, fast, remember, streamed, stream, refs_after)
