@@ -235,3 +235,30 @@ def test_redis_lost_while_references_are_sent_ahead_counts_nothing(tenant, redis
         assert client.keys("wp:{ip:*") == []
     finally:
         server.stop()
+
+
+def test_a_pooled_connection_closed_by_a_redis_restart_is_replaced_when_references_are_sent(
+    tenant, monkeypatch, tmp_path
+):
+    from tests.test_webhooks_redis_down import OwnRedis, free_port
+    from warmup.counters import RedisCounterStore
+    from webhooks.attribution import RedisMessageRefs
+
+    server = OwnRedis(tmp_path, free_port())
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    ctx = TenantContext(tenant)
+    ctx.store, ctx.refs = RedisCounterStore(client), RedisMessageRefs(client)
+    monkeypatch.setattr(powermta_csv, "STREAM_REFS", 10)
+    try:
+        rows = delivered_rows(30)
+        first = ingest_csv(ctx, body_of(rows[:15], HEADER, []))
+        server.stop()  # the pooled connection is now closed at the other end
+        server.start()
+        again = ingest_csv(ctx, body_of(rows, HEADER, []))
+
+        assert (first.accepted, again.accepted, again.duplicates) == (15, 15, 15)
+        ip1 = IP.objects.get(address="45.123.10.1").pk
+        assert ctx.refs.read(tenant.pk, ["mid:m29@x"]) == {"mid:m29@x": ip1}
+    finally:
+        server.stop()

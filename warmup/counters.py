@@ -412,10 +412,14 @@ class StreamedWrites:
         keys, args = [write.key], [write.ttl, _dumps(list(write.fields))]
         try:
             if self.conn is None:
+                # The pool hands out a connection that is still open (it reconnects one that Redis
+                # closed, after a restart), checked with a PING after 30 s idle.
                 self.conn = self._pool.get_connection()
-            self.conn.send_command("EVALSHA", self._hash_script.sha, 1, *keys, *args, check_health=False)
+                self.conn.send_command("EVALSHA", self._hash_script.sha, 1, *keys, *args)
+            else:
+                self.conn.send_command("EVALSHA", self._hash_script.sha, 1, *keys, *args, check_health=False)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.close()
+            self.close(broken=True)
             raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
         self._sent.append((self._hash_script, keys, args))
 
@@ -444,10 +448,10 @@ class StreamedWrites:
             raise replies[-1]
         return replies[-1]
 
-    def close(self) -> None:
-        """Give the connection back (closed if replies are still unread)."""
+    def close(self, broken: bool = False) -> None:
+        """Give the connection back (closed if it failed or replies are still unread)."""
         if self.conn is not None:
-            if self._sent:
+            if broken or self._sent:
                 self.conn.disconnect()
             self._pool.release(self.conn)
             self.conn, self._sent = None, []
