@@ -441,11 +441,9 @@ class StreamedWrites:
             if isinstance(reply, tuple):
                 again, keys_again, args_again = reply
                 replies[number] = again(keys=keys_again, args=args_again)
-        for reply in replies[:-1]:
+        for reply in replies:  # the first error, in the order of the calls
             if isinstance(reply, redis.ResponseError):
                 raise reply
-        if isinstance(replies[-1], redis.ResponseError):
-            raise replies[-1]
         return replies[-1]
 
     def close(self, broken: bool = False) -> None:
