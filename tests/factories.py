@@ -4,6 +4,7 @@ import datetime as dt
 
 import factory
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
 from domains.models import IP, Domain, Tenant
@@ -20,6 +21,15 @@ class UserFactory(factory.django.DjangoModelFactory):
     email = factory.LazyAttribute(lambda u: f"{u.username}@example.com")
     password = factory.django.Password("correct horse battery staple")
     is_staff = True
+
+
+def make_member(username: str, *tenants):
+    """A staff user who belongs to the tenants, with every permission of the portal's apps."""
+    user = UserFactory(username=username, is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label__in=("domains", "warmup", "webhooks")))
+    for tenant in tenants:
+        tenant.members.add(user)
+    return user
 
 
 class TenantFactory(factory.django.DjangoModelFactory):

@@ -6,7 +6,6 @@ import re
 
 import pytest
 import time_machine
-from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -24,6 +23,7 @@ from .factories import (
     DeadLetterFactory,
     UserFactory,
     WarmupPlanFactory,
+    make_member,
 )
 
 NOW = dt.datetime(2027, 1, 20, 12, 0, tzinfo=dt.UTC)
@@ -41,15 +41,6 @@ def frozen_clock():
 def clean_counters(redis_client):
     """Each test starts with an empty counter store (its own Redis database)."""
     return redis_client
-
-
-def make_member(username: str, *tenants):
-    """A staff user who belongs to the tenants, with every permission of the portal's apps."""
-    user = UserFactory(username=username, is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label__in=("domains", "warmup", "webhooks")))
-    for tenant in tenants:
-        tenant.members.add(user)
-    return user
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import json
 import pytest
 import time_machine
 from django.contrib import admin
-from django.contrib.auth.models import Permission
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -31,7 +30,7 @@ from .factories import (
     DeadLetterFactory,
     DomainFactory,
     TenantFactory,
-    UserFactory,
+    make_member,
     plan_in_state,
 )
 
@@ -64,9 +63,7 @@ def populate(slug: str, address: str) -> dict:
 @pytest.fixture
 def world(redis_client):
     alpha, bravo = populate("alpha", ALPHA_IP), populate("bravo", BRAVO_IP)
-    alice = UserFactory(username="alice", is_staff=True)
-    alice.user_permissions.set(Permission.objects.filter(content_type__app_label__in=("domains", "warmup", "webhooks")))
-    alpha["tenant"].members.add(alice)
+    alice = make_member("alice", alpha["tenant"])
     return {"alpha": alpha, "bravo": bravo, "alice": alice}
 
 

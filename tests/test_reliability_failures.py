@@ -16,7 +16,6 @@ from contextlib import contextmanager
 import pytest
 import time_machine
 from celery.signals import task_retry
-from django.contrib.auth.models import Permission
 from django.db import InterfaceError, OperationalError, connections
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
@@ -27,7 +26,14 @@ from warmup.counters import CounterStoreUnavailable, RedisCounterStore, get_stor
 from warmup.models import AuditEvent, DailyStat, WarmupPlan
 from warmup.stats import record_stats
 
-from .factories import DailyStatFactory, DomainFactory, IPFactory, TenantFactory, UserFactory, plan_in_state
+from .factories import (
+    DailyStatFactory,
+    DomainFactory,
+    IPFactory,
+    TenantFactory,
+    make_member,
+    plan_in_state,
+)
 
 NOW = dt.datetime(2027, 1, 20, 12, 0, tzinfo=dt.UTC)
 TODAY = NOW.date()
@@ -46,9 +52,7 @@ def closed_port() -> int:
 @pytest.fixture
 def operator(db):
     tenant = TenantFactory(slug="alpha", name="Alpha")
-    user = UserFactory(username="alice", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label__in=("domains", "warmup", "webhooks")))
-    tenant.members.add(user)
+    user = make_member("alice", tenant)
     plan = plan_in_state("warming", tenant=tenant, address="10.0.0.1", phase="week_2", today=TODAY)
     DailyStatFactory(ip=plan.ip, date=YESTERDAY, sent=180, bounced=3)
     return user, plan

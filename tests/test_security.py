@@ -7,7 +7,6 @@ import json
 import pytest
 import redis
 import time_machine
-from django.contrib.auth.models import Permission
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -17,7 +16,7 @@ from warmup.engine import ACTIONS
 from warmup.models import AuditEvent, WarmupPlan
 from webhooks import ratelimit
 
-from .factories import DomainFactory, IPFactory, TenantFactory, UserFactory, plan_in_state
+from .factories import DomainFactory, IPFactory, TenantFactory, UserFactory, make_member, plan_in_state
 
 pytestmark = pytest.mark.django_db
 
@@ -220,11 +219,7 @@ START_STATE = {
 
 @pytest.fixture
 def member(db):
-    tenant = TenantFactory(slug="alpha", name="Alpha")
-    user = UserFactory(username="alice", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label__in=("domains", "warmup", "webhooks")))
-    tenant.members.add(user)
-    return user
+    return make_member("alice", TenantFactory(slug="alpha", name="Alpha"))
 
 
 def manual_plan(member, action: str) -> WarmupPlan:
