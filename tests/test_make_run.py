@@ -8,7 +8,6 @@ packages); everything else, the database included, is the copy's own.
 import os
 import re
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -17,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.support import stop_process_group
 
 pytestmark = pytest.mark.e2e
 
@@ -72,12 +73,7 @@ def test_make_run_serves_the_admin_with_the_demo_tenant(tmp_path: Path):
         assert ips == [f"45.123.10.{n}" for n in range(1, 6)]
         assert stats > 0  # --history filled the past days
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, timeout=30)
 
 
 def wait_for_page(url: str, process: subprocess.Popen, log_path: Path, timeout: float) -> str:

@@ -6,7 +6,6 @@ the days (yesterday in UTC is finished at any hour).
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import BASE_DIR
+from tests.support import BASE_DIR, stop_process_group
 
 pytestmark = pytest.mark.e2e
 
@@ -69,12 +68,7 @@ def test_the_procfile_stack_consolidates_recorded_stats(tmp_path: Path):
             time.sleep(2)
             figures = manage(env, "shell", "-c", query).strip().splitlines()[-1]
     finally:
-        os.killpg(stack.pid, signal.SIGTERM)
-        try:
-            stack.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.pid, signal.SIGKILL)
-            stack.wait()
+        stop_process_group(stack, timeout=20)
         log.close()
     output = (tmp_path / "honcho.log").read_text()
     assert figures == "[(120, 2)]", output[-4000:]

@@ -34,7 +34,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTa
 
 from domains.models import WebhookToken
 from tests.factories import DomainFactory, IPFactory, TenantFactory, WarmupPlanFactory
-from tests.support import BASE_DIR, subprocess_env
+from tests.support import BASE_DIR, stop_process_group, subprocess_env
 from tests.test_beat_e2e import CELERY, celery_processes, midday_zone, schedules, wait_until  # noqa: F401
 from warmup.consolidation import consolidate
 from warmup.counters import RedisCounterStore, get_store
@@ -100,13 +100,7 @@ def start_web(env: dict[str, str], log: Path, port: int | None = None) -> tuple[
 
 
 def stop_web(process: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    stop_process_group(process, timeout=15, sig=sig)
 
 
 def start_worker(env: dict[str, str], name: str, log: Path) -> subprocess.Popen:

@@ -1,6 +1,7 @@
 """Helpers for tests that run parts of the portal in real subprocesses (workers, crash tests)."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,21 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env.pop("TEST_DATABASE_NAME", None)
     env.update(extra)
     return env
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float, sig: int = signal.SIGTERM) -> None:
+    """Stop a process started with start_new_session=True and its children: `sig` to the whole group
+    (also when the leader has already exited), then SIGKILL after `timeout` seconds."""
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:  # the group is gone
+        process.wait()
+        return
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def run_script(name: str, *args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
