@@ -197,6 +197,20 @@ class CounterStore:
 INDEX_KEY = "wp:index:ipdays"  # IP-days holding counts (members are their hash keys)
 IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and not yet forgotten
 
+# Sets the fields of a hash, given as a JSON array [field, value, field, value ...], and its expiry: the
+# message references, in the counting script or ahead of it (`StreamedWrites`); both scripts begin with
+# it. unpack() is bounded by the Lua stack: a few thousand fields at a time.
+_WRITE_HASH_LUA = """
+local function write_hash(key, json_fields, ttl)
+  local fields = cjson.decode(json_fields)
+  for first = 1, #fields, 4000 do
+    redis.call('HSET', key, unpack(fields, first, math.min(first + 3999, #fields)))
+  end
+  redis.call('EXPIRE', key, ttl)
+  return #fields / 2
+end
+"""
+
 # KEYS: per IP-day of the batch, its counts hash then its de-duplication set; then (single node) the
 # index key; then (optionally) a hash to write first. ARGV[1] = de-duplication TTL in seconds, ARGV[2]
 # = position of the index key in KEYS (0: none), ARGV[3] = position of the hash to write (0: none),
@@ -221,11 +235,7 @@ local index = tonumber(ARGV[2])
 local extra = tonumber(ARGV[3])
 local CHUNK = 4000
 if extra > 0 then
-  local fields = cjson.decode(ARGV[5])
-  for first = 1, #fields, CHUNK do
-    redis.call('HSET', KEYS[extra], unpack(fields, first, math.min(first + CHUNK - 1, #fields)))
-  end
-  redis.call('EXPIRE', KEYS[extra], ARGV[4])
+  write_hash(KEYS[extra], ARGV[5], ARGV[4])
 end
 local groups = cjson.decode(ARGV[6])
 local widths = cjson.decode(ARGV[7])
@@ -331,12 +341,7 @@ return 1
 # Fields set in one hash, with an expiry (`StreamedWrites`). KEYS[1]: the hash; ARGV[1] = expiry in
 # seconds, ARGV[2] = the fields as a JSON array [field, value, field, value ...].
 _HASH_LUA = """
-local fields = cjson.decode(ARGV[2])
-for first = 1, #fields, 4000 do
-  redis.call('HSET', KEYS[1], unpack(fields, first, math.min(first + 3999, #fields)))
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-return #fields / 2
+return write_hash(KEYS[1], ARGV[2], ARGV[1])
 """
 
 # Set aside IP-days for consolidation. KEYS: the index, the in-flight set, then pairs (day hash, batch
@@ -461,9 +466,9 @@ class RedisCounterStore(CounterStore):
     def __init__(self, client: redis.Redis | None = None):
         self.client = client if client is not None else get_redis()
         self.cluster = isinstance(self.client, redis.RedisCluster)
-        self._apply_script = self.client.register_script(_APPLY_LUA)
+        self._apply_script = self.client.register_script(_WRITE_HASH_LUA + _APPLY_LUA)
         self._one_script = self.client.register_script(_ONE_LUA)
-        self._hash_script = self.client.register_script(_HASH_LUA)
+        self._hash_script = self.client.register_script(_WRITE_HASH_LUA + _HASH_LUA)
         self._claim_script = self.client.register_script(_CLAIM_LUA)
         self._ttl = int(timedelta(days=settings.WEBHOOK_DEDUP_TTL_DAYS).total_seconds())
 
