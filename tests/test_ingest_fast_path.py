@@ -1,10 +1,11 @@
-"""The CSV ingestion hot path's own parts: grouped counting with references in the same script, the
+"""The CSV ingestion hot path's own parts: grouped counting with references in the same round trip, the
 daily reference hashes, the minute cache of PowerMTA times, and the garbage-collector pause."""
 
 import gc
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+import redis
 import time_machine
 from redis.crc import key_slot
 
@@ -130,14 +131,21 @@ def test_a_csv_body_counts_and_remembers_its_references_in_one_round_trip(redis_
         b"b,1804680002,c@gmail.com,45.123.10.1,<m3@x>,,\n"
     )
     ctx = TenantContext(ip.tenant)
-    calls = []
-    script = ctx.store._apply_script
-    monkeypatch.setattr(ctx.store, "_apply_script", lambda **kwargs: calls.append(1) or script(**kwargs))
+    ctx.store.ping()  # the connection is open before the count
+    packets = []
+    send = redis.connection.AbstractConnection.send_packed_command
+    monkeypatch.setattr(
+        redis.connection.AbstractConnection,
+        "send_packed_command",
+        lambda conn, command, check_health=True: packets.append(command) or send(conn, command, check_health),
+    )
 
     result = ingest(ctx, parse_body(body, "text/csv"))
 
     assert (result.accepted, result.duplicates) == (3, 0)
-    assert len(calls) == 1
+    assert len(packets) == 1  # the references, their expiry and the counting script: one packet, one wait
+    sent = b"".join(packets[0])
+    assert sent.index(b"HSET") < sent.index(b"EXPIRE") < sent.index(b"EVALSHA")
     day = ctx.day_of(1804680000)
     assert RedisCounterStore(redis_client).read_fields(ip.id, day) == {
         "sent:gmail": 2, "delivered:gmail": 1, "bounced:gmail": 1, "bounced_soft:gmail": 1,

@@ -166,7 +166,7 @@ class CounterStore:
         (Redis only, from `stream_hash_writes()`) holds hash writes sent ahead, whose replies are read
         with the counts'.
         """
-        if also is not None or (stream is not None and stream.conn is not None):
+        if also is not None or (stream is not None and stream.pending):
             raise ValueError(f"{type(self).__name__} writes no Redis hash")
         increments = [
             Increment(ip_id, day, dict(items), provider, dedup_key)
@@ -197,111 +197,107 @@ class CounterStore:
 INDEX_KEY = "wp:index:ipdays"  # IP-days holding counts (members are their hash keys)
 IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and not yet forgotten
 
-# Sets the fields of a hash, given as a JSON array [field, value, field, value ...], and its expiry: the
-# message references, in the counting script or ahead of it (`StreamedWrites`); both scripts begin with
-# it. unpack() is bounded by the Lua stack: a few thousand fields at a time.
-_WRITE_HASH_LUA = """
-local function write_hash(key, json_fields, ttl)
-  local fields = cjson.decode(json_fields)
-  for first = 1, #fields, 4000 do
-    redis.call('HSET', key, unpack(fields, first, math.min(first + 3999, #fields)))
-  end
-  redis.call('EXPIRE', key, ttl)
-  return #fields / 2
-end
-"""
-
 # KEYS: per IP-day of the batch, its counts hash then its de-duplication set; then (single node) the
-# index key; then (optionally) a hash to write first. ARGV[1] = de-duplication TTL in seconds, ARGV[2]
-# = position of the index key in KEYS (0: none), ARGV[3] = position of the hash to write (0: none),
-# ARGV[4] = its expiry in seconds, ARGV[5] = its fields as a JSON array [field, value, field, value ...],
-# ARGV[6] = the groups as JSON: [[IP-day number, [field, amount, ...], events without a de-duplication
-# key, events with one], ...], the groups of an IP-day next to each other; ARGV[7] = per IP-day, the
-# width of its de-duplication keys (JSON array); ARGV[7 + n] = the keys of IP-day n, in the order of
-# its groups: one string of keys of that width each (the usual case: digests) or, with a width of 0, a
-# JSON array of strings.
+# index key. ARGV[1] = de-duplication TTL in seconds, ARGV[2] = position of the index key in KEYS (0:
+# none), ARGV[3] = what the groups add, as JSON: [[field, amount, field, amount ...], ...] (a batch
+# repeats a few dozen of these), ARGV[4] = the groups as one flat JSON array of numbers, four per group:
+# IP-day number, what it adds (position in ARGV[3]), events without a de-duplication key, events with
+# one; the groups of an IP-day next to each other. ARGV[5] = per IP-day, the width of its
+# de-duplication keys (JSON array); ARGV[5 + n] = the keys of IP-day n, in the order of its groups: one
+# string of keys of that width each (the usual case: digests) or, with a width of 0, a JSON array of
+# strings.
 # A few strings rather than thousands of arguments: packing, sending and reading many arguments costs
 # redis-py and Redis more than decoding costs the script.
 # De-duplication is two commands per IP-day, whatever the number of its events: SMISMEMBER tells which
-# keys the day's set already holds, SADD adds them (its count of new members reveals a key repeated
-# within the batch, which is then sorted out here; a single key needs the SADD alone). The set's expiry
-# is renewed with each batch, so a key is remembered at least the TTL. The counts of a group are added
-# once per field after its keys are checked, summed over the groups of the IP-day first: a few hundred
-# HINCRBY per batch of thousands of events (Lua numbers are doubles: exact below 2^53).
+# keys the day's set already holds, SADD adds them. When SADD adds every key, none was known and none
+# is repeated, and every event counts without a look at each key (the usual case); otherwise a key
+# already known is a duplicate, and so is the second occurrence of a key repeated within the batch.
+# A single key needs the SADD alone. The set's expiry is renewed with each batch, so a key is
+# remembered at least the TTL. The counts of a group are added once per field after its keys are
+# checked, summed over the groups of the IP-day first: a few hundred HINCRBY per batch of thousands of
+# events (Lua numbers are doubles: exact below 2^53).
 # Returns, per group, {number counted, 1-based positions among its keys of the duplicates ...}.
 _APPLY_LUA = """
 local ttl = ARGV[1]
 local index = tonumber(ARGV[2])
-local extra = tonumber(ARGV[3])
+local adds = cjson.decode(ARGV[3])
+local groups = cjson.decode(ARGV[4])
+local widths = cjson.decode(ARGV[5])
 local CHUNK = 4000
-if extra > 0 then
-  write_hash(KEYS[extra], ARGV[5], ARGV[4])
-end
-local groups = cjson.decode(ARGV[6])
-local widths = cjson.decode(ARGV[7])
 local results = {}
+local last_group = #groups - 3
 local g = 1
-while g <= #groups do
-  local h = groups[g][1]
+while g <= last_group do
+  local h = groups[g]
   local last = g
-  while last < #groups and groups[last + 1][1] == h do
-    last = last + 1
+  while last < last_group and groups[last + 4] == h do
+    last = last + 4
   end
-  local flags = {}
   local width = widths[h]
   local keys
   if width > 0 then
     keys = {}
-    local packed = ARGV[7 + h]
+    local packed = ARGV[5 + h]
+    local k = 0
     for first = 1, #packed, width do
-      keys[#keys + 1] = string.sub(packed, first, first + width - 1)
+      k = k + 1
+      keys[k] = string.sub(packed, first, first + width - 1)
     end
   else
-    keys = cjson.decode(ARGV[7 + h])
+    keys = cjson.decode(ARGV[5 + h])
   end
   local n = #keys
+  local flags = nil -- per key, 1 for a duplicate; nil: no duplicate
   if n == 1 then
-    flags[1] = 1 - redis.call('SADD', KEYS[2 * h], keys[1])
+    if redis.call('SADD', KEYS[2 * h], keys[1]) == 0 then
+      flags = {1}
+    end
     redis.call('EXPIRE', KEYS[2 * h], ttl)
   elseif n > 1 then
     local set = KEYS[2 * h]
-    local added, fresh = 0, 0
+    local added = 0
+    local known = {}
     for first = 1, n, CHUNK do
       local upto = math.min(first + CHUNK - 1, n)
-      local part = redis.call('SMISMEMBER', set, unpack(keys, first, upto))
-      for i = 1, #part do
-        flags[first + i - 1] = part[i]
-        fresh = fresh + 1 - part[i]
-      end
+      known[#known + 1] = redis.call('SMISMEMBER', set, unpack(keys, first, upto))
       added = added + redis.call('SADD', set, unpack(keys, first, upto))
     end
     redis.call('EXPIRE', set, ttl)
-    if added < fresh then
-      -- A key repeated within one SMISMEMBER call: its first occurrence counts.
+    if added < n then
+      flags = {}
       local seen = {}
-      for i = 1, n do
-        if flags[i] == 0 then
-          if seen[keys[i]] then flags[i] = 1 else seen[keys[i]] = true end
+      local i = 0
+      for _, part in ipairs(known) do
+        for j = 1, #part do
+          i = i + 1
+          local flag = part[j]
+          if flag == 0 then
+            if seen[keys[i]] then flag = 1 else seen[keys[i]] = true end
+          end
+          flags[i] = flag
         end
       end
     end
   end
   local sums = {}
   local offset = 0
-  for j = g, last do
-    local group = groups[j]
-    local fields, counted, keyed = group[2], group[3], group[4]
+  for j = g, last, 4 do
+    local fields, counted, keyed = adds[groups[j + 1]], groups[j + 2], groups[j + 3]
     local result = {0}
-    for i = 1, keyed do
-      if flags[offset + i] == 0 then
-        counted = counted + 1
-      else
-        result[#result + 1] = i
+    if flags then
+      for i = 1, keyed do
+        if flags[offset + i] == 0 then
+          counted = counted + 1
+        else
+          result[#result + 1] = i
+        end
       end
+    else
+      counted = counted + keyed
     end
     offset = offset + keyed
     result[1] = counted
-    results[j] = result
+    results[#results + 1] = result
     if counted > 0 then
       for f = 1, #fields, 2 do
         sums[fields[f]] = (sums[fields[f]] or 0) + fields[f + 1] * counted
@@ -316,7 +312,7 @@ while g <= #groups do
   if any and index > 0 then
     redis.call('SADD', KEYS[index], KEYS[2 * h - 1])
   end
-  g = last + 1
+  g = last + 4
 end
 return results
 """
@@ -336,12 +332,6 @@ if #ARGV > 2 then
   redis.call('SADD', KEYS[3], KEYS[1])
 end
 return 1
-"""
-
-# Fields set in one hash, with an expiry (`StreamedWrites`). KEYS[1]: the hash; ARGV[1] = expiry in
-# seconds, ARGV[2] = the fields as a JSON array [field, value, field, value ...].
-_HASH_LUA = """
-return write_hash(KEYS[1], ARGV[2], ARGV[1])
 """
 
 # Set aside IP-days for consolidation. KEYS: the index, the in-flight set, then pairs (day hash, batch
@@ -403,36 +393,59 @@ class StreamedWrites:
     still waits for Redis once. A write that fails fails the batch (CounterStoreUnavailable, or the
     error Redis answered) as if it had gone with the script; a reference written for a batch that is
     then not counted is harmless, since the sender posts the body again and it says the same again.
-    Each write is a small script call with its fields as one JSON argument: encoding a thousand
-    arguments costs redis-py far more. Single node only (`stream_hash_writes()` is None on a cluster).
+    Each write is a plain HSET (its expiry goes with the first write of its key): Redis stores plain
+    arguments for a third of what decoding them in a script costs. Single node only
+    (`stream_hash_writes()` is None on a cluster).
     """
 
-    def __init__(self, client: redis.Redis, hash_script):
-        self._pool = client.connection_pool
-        self._hash_script = hash_script
-        self.conn = None
-        self._sent: list[tuple] = []  # (script, keys, args) of the calls whose replies are not read yet
+    FIELDS_PER_COMMAND = 8192  # a long write is cut up, so that Redis serves other clients in between
 
-    def send(self, write: HashWrite) -> None:
-        keys, args = [write.key], [write.ttl, _dumps(list(write.fields))]
+    def __init__(self, client: redis.Redis):
+        self._pool = client.connection_pool
+        self.conn = None
+        self._queued: list[tuple] = []  # commands not sent yet
+        self._sent: list[tuple | None] = []  # per call whose reply is not read yet: (script, keys, args) or None
+        self._expiring: set[str] = set()  # keys whose expiry this stream has set
+
+    @property
+    def pending(self) -> bool:
+        """Whether writes wait for the script (sent, or queued to go with it)."""
+        return bool(self._sent)
+
+    def send(self, write: HashWrite, *, now: bool = True) -> None:
+        """Send `write` now, or (now=False) in the same packet as the script."""
+        fields, step = write.fields, self.FIELDS_PER_COMMAND
+        for first in range(0, len(fields), step):
+            self._queue(None, "HSET", write.key, *fields[first : first + step])
+        if write.key not in self._expiring:
+            self._queue(None, "EXPIRE", write.key, write.ttl)
+            self._expiring.add(write.key)
+        if now:
+            self._flush()
+
+    def _queue(self, call: tuple | None, *command) -> None:
+        self._queued.append(command)
+        self._sent.append(call)
+
+    def _flush(self) -> None:
         try:
             if self.conn is None:
                 # The pool hands out a connection that is still open (it reconnects one that Redis
                 # closed, after a restart), checked with a PING after 30 s idle.
                 self.conn = self._pool.get_connection()
-                self.conn.send_command("EVALSHA", self._hash_script.sha, 1, *keys, *args)
+                self.conn.send_packed_command(self.conn.pack_commands(self._queued))
             else:
-                self.conn.send_command("EVALSHA", self._hash_script.sha, 1, *keys, *args, check_health=False)
+                self.conn.send_packed_command(self.conn.pack_commands(self._queued), check_health=False)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.close(broken=True)
             raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
-        self._sent.append((self._hash_script, keys, args))
+        self._queued = []
 
     def run_script(self, script, keys: list, args: list):
         """Run `script` on this connection after the writes; its reply (raises the writes' errors)."""
+        self._queue((script, keys, args), "EVALSHA", script.sha, len(keys), *keys, *args)
+        self._flush()
         conn = self.conn
-        conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        self._sent.append((script, keys, args))
         replies = []
         for call in self._sent:
             try:
@@ -457,7 +470,9 @@ class StreamedWrites:
             if broken or self._sent:
                 self.conn.disconnect()
             self._pool.release(self.conn)
-            self.conn, self._sent = None, []
+            self.conn = None
+        self._queued, self._sent = [], []
+        self._expiring.clear()
 
 
 class RedisCounterStore(CounterStore):
@@ -466,9 +481,8 @@ class RedisCounterStore(CounterStore):
     def __init__(self, client: redis.Redis | None = None):
         self.client = client if client is not None else get_redis()
         self.cluster = isinstance(self.client, redis.RedisCluster)
-        self._apply_script = self.client.register_script(_WRITE_HASH_LUA + _APPLY_LUA)
+        self._apply_script = self.client.register_script(_APPLY_LUA)
         self._one_script = self.client.register_script(_ONE_LUA)
-        self._hash_script = self.client.register_script(_WRITE_HASH_LUA + _HASH_LUA)
         self._claim_script = self.client.register_script(_CLAIM_LUA)
         self._ttl = int(timedelta(days=settings.WEBHOOK_DEDUP_TTL_DAYS).total_seconds())
 
@@ -477,7 +491,7 @@ class RedisCounterStore(CounterStore):
         if not increments:
             return []
         groups, places = group_increments(increments)
-        duplicates = self._count(groups, None, None)
+        duplicates = self._count(groups)
         return [(place not in duplicates) for place in places]
 
     @_redis_reachable
@@ -487,28 +501,36 @@ class RedisCounterStore(CounterStore):
         also: HashWrite | None = None,
         stream: StreamedWrites | None = None,
     ) -> int:
+        # On a single node, `also` goes ahead of the script on the connection that runs it.
+        if stream is None and also is not None and not self.cluster:
+            stream = self.stream_hash_writes()
         try:
-            duplicates = self._count(groups, also, stream if stream is not None and stream.conn is not None else None)
+            if also is not None and stream is not None:
+                stream.send(also, now=False)
+                also = None
+            duplicates = self._count(groups, also, stream if stream is not None and stream.pending else None)
         finally:
             if stream is not None:
                 stream.close()
         return sum(len(keys) for keys in groups.values()) - len(duplicates)
 
     def stream_hash_writes(self) -> StreamedWrites | None:
-        return None if self.cluster else StreamedWrites(self.client, self._hash_script)
+        return None if self.cluster else StreamedWrites(self.client)
 
     def _count(
-        self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None, stream: StreamedWrites | None
+        self,
+        groups: Mapping[GroupKey, Sequence[str | None]],
+        also: HashWrite | None = None,
+        stream: StreamedWrites | None = None,
     ) -> set[tuple]:
-        """Run the script; returns the duplicates as (group key, position in the group)."""
-        if stream is not None:
-            return self._run_apply(list(groups.items()), also, with_index=True, stream=stream)[0]
+        """Run the script (on `stream`'s connection after its writes, if given; `also`, a cluster's
+        hash to write first); returns the duplicates as (group key, position in the group)."""
         if not self.cluster:
-            if len(groups) == 1 and also is None:
+            if len(groups) == 1:
                 ((key, dedup_keys),) = groups.items()
                 if len(dedup_keys) == 1 and dedup_keys[0] is not None:
-                    return self._run_one(key, dedup_keys[0])
-            return self._run_apply(list(groups.items()), also, with_index=True)[0]
+                    return self._run_one(key, dedup_keys[0], stream)
+            return self._run_apply(list(groups.items()), with_index=True, stream=stream)[0]
         # One script call per hash slot (a script may only touch keys of one slot), the extra hash
         # first (a batch whose references cannot be written is not counted), then the index, written
         # after the counts so that consolidation, which removes an index entry before renaming the
@@ -525,7 +547,7 @@ class RedisCounterStore(CounterStore):
         duplicates: set[tuple] = set()
         touched = set()
         for items in by_slot.values():
-            found, counted_hashes = self._run_apply(items, None, with_index=False)
+            found, counted_hashes = self._run_apply(items, with_index=False)
             duplicates |= found
             touched |= counted_hashes
         if touched:
@@ -533,19 +555,23 @@ class RedisCounterStore(CounterStore):
         return duplicates
 
     def _run_apply(
-        self, items: list, also: HashWrite | None, with_index: bool, stream: StreamedWrites | None = None
+        self, items: list, with_index: bool, stream: StreamedWrites | None = None
     ) -> tuple[set[tuple], set[str]]:
         """One script call for the groups `items`; (duplicates, hashes that received counts)."""
         # The script wants the groups of an IP-day next to each other.
         items = sorted(items, key=_ip_day_of)
         keys: list[str] = []
         hashes: dict[tuple[int, date], int] = {}
-        encoded = []
+        adds: dict[tuple, int] = {}  # what groups add (fields and amounts) -> its number for the script
+        encoded: list[int] = []  # four numbers per group, see _APPLY_LUA
         day_keys: list[list[str]] = []  # per IP-day, the de-duplication keys of its groups in order
         keyed_positions: dict[int, list[int]] = {}  # groups with unkeyed events: where their keys are
         for number, (key, dedup_keys) in enumerate(items):
             ip_id, day, provider, counts = key
             fields = _fields_of(provider, counts)
+            adding = adds.get(fields)
+            if adding is None:
+                adding = adds[fields] = len(adds) + 1
             position = hashes.get((ip_id, day))
             if position is None:
                 tag = day_tag(ip_id, day)
@@ -557,7 +583,7 @@ class RedisCounterStore(CounterStore):
                 keyed_positions[number] = [i for i, k in enumerate(dedup_keys) if k is not None]
                 unkeyed = len(dedup_keys) - len(keyed_positions[number])
                 dedup_keys = [k for k in dedup_keys if k is not None]
-            encoded.append((position, fields, unkeyed, len(dedup_keys)))
+            encoded += (position, adding, unkeyed, len(dedup_keys))
             day_keys[position - 1] += dedup_keys
         widths, packed = [], []
         for dedup_keys in day_keys:
@@ -568,16 +594,11 @@ class RedisCounterStore(CounterStore):
             else:
                 widths.append(0)
                 packed.append(_dumps(dedup_keys))
-        index = extra = 0
+        index = 0
         if with_index:
             keys.append(INDEX_KEY)
             index = len(keys)
-        extra_args: list = [0, 0, ""]
-        if also is not None:
-            keys.append(also.key)
-            extra = len(keys)
-            extra_args = [extra, also.ttl, _dumps(list(also.fields))]
-        args = [self._ttl, index, *extra_args, _dumps(encoded), _dumps(widths), *packed]
+        args = [self._ttl, index, _dumps(list(adds)), _dumps(encoded), _dumps(widths), *packed]
         if stream is None:
             replies = self._apply_script(keys=keys, args=args)
         else:
@@ -592,13 +613,15 @@ class RedisCounterStore(CounterStore):
                 touched.add(keys[2 * hashes[key[:2]] - 2])
         return duplicates, touched
 
-    def _run_one(self, key: GroupKey, dedup_key: str) -> set[tuple]:
+    def _run_one(self, key: GroupKey, dedup_key: str, stream: StreamedWrites | None = None) -> set[tuple]:
         """A single event (a JSON webhook's usual body): the lean script, no JSON to encode or decode."""
         ip_id, day, provider, counts = key
         tag = day_tag(ip_id, day)
-        counted = self._one_script(
-            keys=[tag + ":c", tag + ":d", INDEX_KEY], args=[self._ttl, dedup_key, *_fields_of(provider, counts)]
-        )
+        keys, args = [tag + ":c", tag + ":d", INDEX_KEY], [self._ttl, dedup_key, *_fields_of(provider, counts)]
+        if stream is None:
+            counted = self._one_script(keys=keys, args=args)
+        else:
+            counted = stream.run_script(self._one_script, keys, args)
         return set() if counted else {(key, 0)}
 
     @_redis_reachable

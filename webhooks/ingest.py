@@ -1,8 +1,8 @@
 """The ingestion pipeline: parsed batch -> attribute -> count (warmup.counters) -> dead letters.
 
 One counter-store call per batch (`count_grouped()`: de-duplicated and counted atomically there; with
-Redis the batch's message references are written by the same script, or sent ahead of it on the same
-connection while a PowerMTA CSV body is still read, `webhooks.powermta_csv`), one round trip to read the
+Redis the batch's message references go on the connection that runs the counting script, in the same
+packet, or ahead of it while a PowerMTA CSV body is still read, `webhooks.powermta_csv`), one round trip to read the
 references the batch needs (only for events without an IP or source name), one query for the tenant's
 IPs per request (or per backfill; none with the web processes' caches), and dead letters for what
 cannot be counted: events naming an IP the tenant does not have (`unknown_ip`), events nothing
@@ -144,7 +144,7 @@ def count_events(
 
     The hot path of ingestion: per event a few dictionary look-ups and one list append, grouping the
     events by what they add (IP, day, provider, counts) for `CounterStore.count_grouped()`. With Redis,
-    the message references of the batch go in the same script call as the counts.
+    the message references of the batch go in the same round trip as the counts, written first.
     Raises CounterStoreUnavailable (nothing counted) when the store or the reference store is down,
     and, with `refuse_foreign`, ForeignCredentials (nothing counted) when an event names an IP that
     belongs to another tenant.
@@ -241,7 +241,7 @@ def count_events(
             else:
                 dead.append((event, DeadLetter.Reason.UNATTRIBUTED, "no delivery report names this message"))
 
-    # References first (or with the counts, in one script): if they cannot be written the batch fails
+    # References first (or in the counts' round trip, ahead of them): if they cannot be written the batch fails
     # as a whole and is re-posted.
     also = None
     if remember:
