@@ -5,7 +5,9 @@ answers, every Redis key they write (counts, de-duplication sets, message refere
 letters must be the same. The bodies mix the usual records with everything that leaves the usual path:
 other types and cases, missing, zero-padded, foreign-format and out-of-range times, unknown, padded,
 absent and malformed IPs, source names, message references only, bounce categories and statuses,
-short rows, quoted commas and newlines, blank lines and rows the csv module refuses.
+short rows, quoted commas and newlines, blank lines and rows the csv module refuses. Bodies Arrow's CSV
+reader can read take that reader, the others csv.reader; Arrow's reading is checked against csv.reader's
+field by field at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from webhooks.cache import context_for
 from webhooks.ingest import TenantContext, ingest
 from webhooks.models import DeadLetter
 from webhooks.parsers.powermta import CsvLayout, _new_batch, parse_csv
-from webhooks.powermta_csv import _read, ingest_csv
+from webhooks.powermta_csv import _read, _rows, ingest_csv
 
 from .factories import DomainFactory, IPFactory, TenantFactory
 
@@ -158,7 +160,7 @@ def test_usual_records_take_the_hot_path_without_an_event_object(tenant, redis_c
     layout = CsvLayout(next(reader))
     batch = _new_batch(layout, lines)
 
-    read = _read(TenantContext(tenant), reader, layout, batch, None)
+    read = _read(TenantContext(tenant), *_rows(reader, layout, batch), layout, batch, None)
     groups, remember, fast = read.groups, read.remember, read.count
 
     assert fast == 2
@@ -262,3 +264,84 @@ def test_a_pooled_connection_closed_by_a_redis_restart_is_replaced_when_referenc
         assert ctx.refs.read(tenant.pk, ["mid:m29@x"]) == {"mid:m29@x": ip1}
     finally:
         server.stop()
+
+
+# --- Arrow's CSV reader (`_columns`) against csv.reader ---------------------------------------------
+
+# Fields with quotes, commas and spaces where RFC 4180 allows them and where it does not: stray quotes,
+# text after a closing quote, a quote in an unquoted field, doubled quotes, an unterminated field.
+odd_fields = st.one_of(
+    st.text(alphabet=st.sampled_from("ab é\t'"), max_size=4),
+    st.lists(st.sampled_from(["a", ",", '""', " ", "\n"]), max_size=4).map(lambda parts: '"' + "".join(parts) + '"'),
+    st.lists(st.sampled_from(['"', "a", " ", '""', ",", "\t", "é"]), max_size=6).map("".join),
+    st.lists(st.sampled_from(['"', "a", "\r", "\n", "\x00"]), max_size=3).map("".join),
+)
+# Mostly as many fields as the header (3), which Arrow reads; other widths it leaves to csv.reader.
+odd_lines = st.one_of(
+    st.lists(odd_fields, min_size=3, max_size=3), st.lists(odd_fields, min_size=1, max_size=4)
+).map(",".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(odd_lines, max_size=6), final_newline=st.booleans())
+def test_whenever_arrow_reads_a_body_it_reads_the_fields_csv_reader_reads(lines, final_newline):
+    text = "type,timeLogged,rcpt\n" + "\n".join(lines) + ("\n" if final_newline and lines else "")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    layout = CsvLayout(next(reader))
+
+    columns = powermta_csv._columns(text, None, layout)
+
+    if columns is not None:
+        expected = [layout.pick(powermta_csv._padded(row, layout)) for row in reader if row]
+        assert list(zip(*columns, strict=True)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("type,timeLogged,rcpt\nd,1,a\n\nd,2,b\n", "a blank line"),
+        ('type,timeLogged,rcpt\nd,1,"a\nb"\n', "a record over two lines"),
+        ("type,timeLogged,rcpt\r\nd,1,a\r\n", "carriage returns"),
+        ("type,timeLogged,rcpt\nd,1\n", "a short row"),
+        ("type,timeLogged,rcpt\nd,1,a,extra\n", "a long row"),
+        ("type,timeLogged,rcpt\nd,1,a\x00\n", "a NUL"),
+    ],
+)
+def test_bodies_arrow_might_read_otherwise_go_to_csv_reader(text, why):
+    layout = CsvLayout(next(csv.reader([text.splitlines()[0]])))
+
+    assert powermta_csv._columns(text, None, layout) is None, why
+
+
+def test_invalid_utf8_goes_to_csv_reader_and_counts_the_same(tenant, redis_client):
+    data = body_of(delivered_rows(3), HEADER, []).encode().replace(b"u1@gmail.com", b"u1\xff@gmail.com")
+    layout = CsvLayout(HEADER)
+
+    assert powermta_csv._columns(data.decode("utf-8", "replace"), data, layout) is None
+    assert powermta_csv.ingest_body(TenantContext(tenant), data, "text/csv").accepted == 3
+
+
+def test_records_off_the_usual_path_of_an_arrow_read_body_keep_their_rows_and_lines(tenant, redis_client):
+    rows = [
+        *delivered_rows(2),
+        {"type": "r", "timeLogged": "1795900416", "dlvSourceIp": "45.123.10.1"},  # ignored
+        {"type": "d", "timeLogged": "1795900417", "rcpt": "x@gmail.com", "dlvSourceIp": "8.8.8.8",
+         "dsnDiag": 'smtp;250 2.0.0 OK, "queued"'},  # unknown IP: a dead letter with its row
+        {"type": "d", "timeLogged": "yesterday", "dlvSourceIp": "45.123.10.1"},  # rejected
+        *delivered_rows(3)[2:],
+    ]  # fmt: skip
+    text = body_of(rows, HEADER, [])
+    assert powermta_csv._columns(text, None, CsvLayout(HEADER)) is not None  # this body is Arrow's
+
+    reset(redis_client)
+    general = ingest(TenantContext(tenant), parse_csv(text), refuse_foreign=False).as_json()
+    expected = state(redis_client)
+    reset(redis_client)
+    hot = ingest_csv(TenantContext(tenant), text, refuse_foreign=False).as_json()
+
+    assert hot == general
+    assert (hot["accepted"], hot["unattributed"], hot["ignored"], len(hot["rejected"])) == (3, 1, 1, 1)
+    assert hot["rejected"][0]["record"] == 5
+    assert state(redis_client) == expected
+    letter = DeadLetter.objects.get(reason=DeadLetter.Reason.UNKNOWN_IP)
+    assert letter.raw["dsnDiag"] == 'smtp;250 2.0.0 OK, "queued"'
