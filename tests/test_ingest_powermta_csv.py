@@ -277,9 +277,9 @@ odd_fields = st.one_of(
     st.lists(st.sampled_from(['"', "a", "\r", "\n", "\x00"]), max_size=3).map("".join),
 )
 # Mostly as many fields as the header (3), which Arrow reads; other widths it leaves to csv.reader.
-odd_lines = st.one_of(
-    st.lists(odd_fields, min_size=3, max_size=3), st.lists(odd_fields, min_size=1, max_size=4)
-).map(",".join)
+odd_lines = st.one_of(st.lists(odd_fields, min_size=3, max_size=3), st.lists(odd_fields, min_size=1, max_size=4)).map(
+    ",".join
+)
 
 
 @settings(max_examples=400, deadline=None)
