@@ -203,58 +203,52 @@ IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and no
 # repeats a few dozen of these), ARGV[4] = the groups as one flat JSON array of numbers, four per group:
 # IP-day number, what it adds (position in ARGV[3]), events without a de-duplication key, events with
 # one; the groups of an IP-day next to each other. ARGV[5] = per IP-day, the width of its
-# de-duplication keys (JSON array); ARGV[5 + n] = the keys of IP-day n, in the order of its groups: one
-# string of keys of that width each (the usual case: digests) or, with a width of 0, a JSON array of
-# strings.
+# de-duplication keys (JSON array); ARGV[6] = per IP-day, what its groups add when none of its events
+# is a duplicate: [[field, amount, field, amount ...], ...] (JSON); ARGV[6 + n] = the keys of IP-day n,
+# in the order of its groups: one string of keys of that width each (the usual case: digests) or, with
+# a width of 0, a JSON array of strings.
 # A few strings rather than thousands of arguments: packing, sending and reading many arguments costs
 # redis-py and Redis more than decoding costs the script.
 # De-duplication is two commands per IP-day, whatever the number of its events: SMISMEMBER tells which
 # keys the day's set already holds, SADD adds them. When SADD adds every key, none was known and none
-# is repeated, and every event counts without a look at each key (the usual case); otherwise a key
-# already known is a duplicate, and so is the second occurrence of a key repeated within the batch.
-# A single key needs the SADD alone. The set's expiry is renewed with each batch, so a key is
-# remembered at least the TTL. The counts of a group are added once per field after its keys are
-# checked, summed over the groups of the IP-day first: a few hundred HINCRBY per batch of thousands of
-# events (Lua numbers are doubles: exact below 2^53).
-# Returns, per group, {number counted, 1-based positions among its keys of the duplicates ...}.
+# is repeated: the IP-day adds what ARGV[6] says, and neither the groups nor the keys are looked at one
+# by one (the usual case). Otherwise a key already known is a duplicate, and so is the second occurrence
+# of a key repeated within the batch; the IP-day's groups are then summed here without their
+# duplicates. A single key needs the SADD alone. The set's expiry is renewed with each batch, so a key
+# is remembered at least the TTL. Each field of an IP-day gets one HINCRBY per batch (Lua numbers are
+# doubles: exact below 2^53).
+# Returns, per group with duplicates, {its number, 1-based positions among its keys of the duplicates ...}.
 _APPLY_LUA = """
 local ttl = ARGV[1]
 local index = tonumber(ARGV[2])
-local adds = cjson.decode(ARGV[3])
-local groups = cjson.decode(ARGV[4])
 local widths = cjson.decode(ARGV[5])
+local sums_of = cjson.decode(ARGV[6])
+local adds, groups, first_group = nil, nil, nil
 local CHUNK = 4000
-local results = {}
-local last_group = #groups - 3
-local g = 1
-while g <= last_group do
-  local h = groups[g]
-  local last = g
-  while last < last_group and groups[last + 4] == h do
-    last = last + 4
-  end
+local found = {}
+for h = 1, #widths do
   local width = widths[h]
   local keys
   if width > 0 then
     keys = {}
-    local packed = ARGV[5 + h]
+    local packed = ARGV[6 + h]
     local k = 0
     for first = 1, #packed, width do
       k = k + 1
       keys[k] = string.sub(packed, first, first + width - 1)
     end
   else
-    keys = cjson.decode(ARGV[5 + h])
+    keys = cjson.decode(ARGV[6 + h])
   end
   local n = #keys
+  local set = KEYS[2 * h]
   local flags = nil -- per key, 1 for a duplicate; nil: no duplicate
   if n == 1 then
-    if redis.call('SADD', KEYS[2 * h], keys[1]) == 0 then
+    if redis.call('SADD', set, keys[1]) == 0 then
       flags = {1}
     end
-    redis.call('EXPIRE', KEYS[2 * h], ttl)
+    redis.call('EXPIRE', set, ttl)
   elseif n > 1 then
-    local set = KEYS[2 * h]
     local added = 0
     local known = {}
     for first = 1, n, CHUNK do
@@ -279,12 +273,22 @@ while g <= last_group do
       end
     end
   end
-  local sums = {}
-  local offset = 0
-  for j = g, last, 4 do
-    local fields, counted, keyed = adds[groups[j + 1]], groups[j + 2], groups[j + 3]
-    local result = {0}
-    if flags then
+  local sums = sums_of[h]
+  if flags then
+    -- The IP-day's sums, group by group, without the duplicates.
+    if groups == nil then
+      adds, groups = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
+      first_group = {}
+      for j = #groups - 3, 1, -4 do
+        first_group[groups[j]] = j
+      end
+    end
+    local totals = {}
+    local offset = 0
+    local j = first_group[h]
+    while j <= #groups and groups[j] == h do
+      local fields, counted, keyed = adds[groups[j + 1]], groups[j + 2], groups[j + 3]
+      local result = {(j + 3) / 4}
       for i = 1, keyed do
         if flags[offset + i] == 0 then
           counted = counted + 1
@@ -292,29 +296,32 @@ while g <= last_group do
           result[#result + 1] = i
         end
       end
-    else
-      counted = counted + keyed
-    end
-    offset = offset + keyed
-    result[1] = counted
-    results[#results + 1] = result
-    if counted > 0 then
-      for f = 1, #fields, 2 do
-        sums[fields[f]] = (sums[fields[f]] or 0) + fields[f + 1] * counted
+      offset = offset + keyed
+      if #result > 1 then
+        found[#found + 1] = result
       end
+      if counted > 0 then
+        for f = 1, #fields, 2 do
+          totals[fields[f]] = (totals[fields[f]] or 0) + fields[f + 1] * counted
+        end
+      end
+      j = j + 4
+    end
+    sums = {}
+    for field, amount in pairs(totals) do
+      sums[#sums + 1] = field
+      sums[#sums + 1] = amount
     end
   end
-  local any = false
-  for field, amount in pairs(sums) do
-    redis.call('HINCRBY', KEYS[2 * h - 1], field, amount)
-    any = true
+  local counts = KEYS[2 * h - 1]
+  for f = 1, #sums, 2 do
+    redis.call('HINCRBY', counts, sums[f], sums[f + 1])
   end
-  if any and index > 0 then
-    redis.call('SADD', KEYS[index], KEYS[2 * h - 1])
+  if #sums > 0 and index > 0 then
+    redis.call('SADD', KEYS[index], counts)
   end
-  g = last + 4
 end
-return results
+return found
 """
 
 # One event of one IP-day, as `_APPLY_LUA` counts it, with plain arguments. KEYS: the counts hash, the
@@ -565,6 +572,7 @@ class RedisCounterStore(CounterStore):
         adds: dict[tuple, int] = {}  # what groups add (fields and amounts) -> its number for the script
         encoded: list[int] = []  # four numbers per group, see _APPLY_LUA
         day_keys: list[list[str]] = []  # per IP-day, the de-duplication keys of its groups in order
+        day_sums: list[dict[str, int]] = []  # per IP-day, what its groups add if none is a duplicate
         keyed_positions: dict[int, list[int]] = {}  # groups with unkeyed events: where their keys are
         for number, (key, dedup_keys) in enumerate(items):
             ip_id, day, provider, counts = key
@@ -577,7 +585,11 @@ class RedisCounterStore(CounterStore):
                 tag = day_tag(ip_id, day)
                 keys += (tag + ":c", tag + ":d")
                 day_keys.append([])
+                day_sums.append({})
                 position = hashes[(ip_id, day)] = len(day_keys)
+            sums, events = day_sums[position - 1], len(dedup_keys)
+            for at in range(0, len(fields), 2):
+                sums[fields[at]] = sums.get(fields[at], 0) + fields[at + 1] * events
             unkeyed = 0
             if None in dedup_keys:
                 keyed_positions[number] = [i for i, k in enumerate(dedup_keys) if k is not None]
@@ -598,19 +610,24 @@ class RedisCounterStore(CounterStore):
         if with_index:
             keys.append(INDEX_KEY)
             index = len(keys)
-        args = [self._ttl, index, _dumps(list(adds)), _dumps(encoded), _dumps(widths), *packed]
+        flat_sums = [[item for pair in sums.items() for item in pair] for sums in day_sums]
+        args = [self._ttl, index, _dumps(list(adds)), _dumps(encoded), _dumps(widths), _dumps(flat_sums), *packed]
         if stream is None:
             replies = self._apply_script(keys=keys, args=args)
         else:
             replies = stream.run_script(self._apply_script, keys, args)
         duplicates = set()
+        found_in: dict[int, int] = {}  # group number -> its duplicates
+        for number, *found in replies:
+            key = items[number - 1][0]
+            places = keyed_positions.get(number - 1)
+            duplicates.update((key, places[n - 1] if places else n - 1) for n in found)
+            found_in[number - 1] = len(found)
         touched = set()
-        for number, ((key, _), (counted, *found)) in enumerate(zip(items, replies, strict=True)):
-            if found:
-                places = keyed_positions.get(number)
-                duplicates.update((key, places[n - 1] if places else n - 1) for n in found)
-            if counted and not with_index:
-                touched.add(keys[2 * hashes[key[:2]] - 2])
+        if not with_index:
+            for number, (key, dedup_keys) in enumerate(items):
+                if len(dedup_keys) > found_in.get(number, 0):
+                    touched.add(keys[2 * hashes[key[:2]] - 2])
         return duplicates, touched
 
     def _run_one(self, key: GroupKey, dedup_key: str, stream: StreamedWrites | None = None) -> set[tuple]:
