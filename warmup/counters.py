@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache, lru_cache, wraps
 
+import hiredis
 import redis
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
@@ -435,14 +436,16 @@ class StreamedWrites:
         self._sent.append(call)
 
     def _flush(self) -> None:
+        # hiredis packs the commands (str and int arguments only) without redis-py's pass over each one.
+        packed = [hiredis.pack_command(command) for command in self._queued]
         try:
             if self.conn is None:
                 # The pool hands out a connection that is still open (it reconnects one that Redis
                 # closed, after a restart), checked with a PING after 30 s idle.
                 self.conn = self._pool.get_connection()
-                self.conn.send_packed_command(self.conn.pack_commands(self._queued))
+                self.conn.send_packed_command(packed)
             else:
-                self.conn.send_packed_command(self.conn.pack_commands(self._queued), check_health=False)
+                self.conn.send_packed_command(packed, check_health=False)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.close(broken=True)
             raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
