@@ -227,7 +227,7 @@ def _read(
     tenant_id = ctx.tenant.pk
     bounce_counts: dict[tuple[str, str, bool], tuple[tuple[str, int], ...]] = {}
     events, rejected = batch.events, batch.rejected
-    fast = 0
+    by_written_domain: dict[str, str] = {}  # a recipient's domain as written -> its provider
 
     # References of the records off the usual path: a later usual record naming one of them is noted
     # in `refs_after`, so that the reference goes to the last record naming it, as in the general path.
@@ -313,7 +313,11 @@ def _read(
                 streamed.update(remember)
                 remember.clear()
         at_sign = rcpt.rfind("@")
-        domain = rcpt[at_sign + 1 :].strip().strip(">").lower() if at_sign >= 0 else ""
+        written = rcpt[at_sign + 1 :] if at_sign >= 0 else ""
+        provider = by_written_domain.get(written)
+        if provider is None:
+            domain = written.strip().strip(">").lower()
+            provider = by_written_domain[written] = providers.get(domain) or provider_of(domain)
         key = blake2b(
             "\x1f".join(
                 (SOURCE, rtype, stamp, queued, rcpt, orig, ip, vmta, job, message_id, dsn_status,
@@ -321,16 +325,11 @@ def _read(
             ).encode("utf-8", "surrogatepass"),
             digest_size=16,
         ).hexdigest()  # fmt: skip
-        group = (
-            ip_id,
-            days.get(at // 900) or day_of(at),
-            providers.get(domain) or provider_of(domain),
-            counts,
-        )
+        group = (ip_id, days.get(at // 900) or day_of(at), provider, counts)
         keys = groups.get(group)
         if keys is None:
             keys = groups[group] = []
         keys.append(key)
-        fast += 1
     batch.records = number
+    fast = sum(map(len, groups.values()))  # every key in `groups` is a usual record's
     return Attributed(groups, fast, remember, streamed, stream, refs_after)
