@@ -577,12 +577,17 @@ class RedisCounterStore(CounterStore):
         day_keys: list[list[str]] = []  # per IP-day, the de-duplication keys of its groups in order
         day_sums: list[dict[str, int]] = []  # per IP-day, what its groups add if none is a duplicate
         keyed_positions: dict[int, list[int]] = {}  # groups with unkeyed events: where their keys are
+        kinds: dict[tuple, tuple] = {}  # (provider, counts) -> (its number in `adds`, (field, amount) pairs)
         for number, (key, dedup_keys) in enumerate(items):
             ip_id, day, provider, counts = key
-            fields = _fields_of(provider, counts)
-            adding = adds.get(fields)
-            if adding is None:
-                adding = adds[fields] = len(adds) + 1
+            kind = kinds.get((provider, counts))
+            if kind is None:
+                fields = _fields_of(provider, counts)
+                adding = adds.get(fields)
+                if adding is None:
+                    adding = adds[fields] = len(adds) + 1
+                kind = kinds[(provider, counts)] = (adding, tuple(zip(fields[::2], fields[1::2], strict=True)))
+            adding, pairs = kind
             position = hashes.get((ip_id, day))
             if position is None:
                 tag = day_tag(ip_id, day)
@@ -591,8 +596,8 @@ class RedisCounterStore(CounterStore):
                 day_sums.append({})
                 position = hashes[(ip_id, day)] = len(day_keys)
             sums, events = day_sums[position - 1], len(dedup_keys)
-            for at in range(0, len(fields), 2):
-                sums[fields[at]] = sums.get(fields[at], 0) + fields[at + 1] * events
+            for field, amount in pairs:
+                sums[field] = sums.get(field, 0) + amount * events
             unkeyed = 0
             if None in dedup_keys:
                 keyed_positions[number] = [i for i, k in enumerate(dedup_keys) if k is not None]
