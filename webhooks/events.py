@@ -8,12 +8,13 @@ this module knows nothing of any sender.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
+
+from xxhash import xxh3_128_hexdigest
 
 
 class EventType(StrEnum):
@@ -186,13 +187,17 @@ def status_code(dsn_status: str) -> str:
 
 
 def event_key(*parts: object) -> str:
-    """The de-duplication key of an event: a 128-bit BLAKE2b of its normalised fields."""
+    """The de-duplication key of an event: a 128-bit XXH3 of its normalised fields, in hex.
+
+    XXH3 is not a cryptographic hash: two events with the same key could be made on purpose, but only by a
+    sender holding a tenant's token, who can post any count anyway; by accident they do not happen (128
+    bits). It costs a sixth of BLAKE2b on the ingestion's hot path."""
     return key_of_text("\x1f".join("" if p is None else str(p) for p in parts))
 
 
 def key_of_text(text: str) -> str:
     """`event_key` of fields already joined with the unit separator (the hot path builds the text itself)."""
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass"))
 
 
 def parse_time(value: object, field_name: str) -> int:

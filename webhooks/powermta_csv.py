@@ -25,11 +25,11 @@ import csv
 import io
 import sys
 from collections.abc import Callable, Iterator
-from hashlib import blake2b
 from typing import Any
 
 import pyarrow
 from pyarrow import csv as arrow_csv
+from xxhash import xxh3_128_hexdigest
 
 from warmup.counters import GroupKey, StreamedWrites
 from warmup_portal.collector import gc_paused
@@ -318,13 +318,12 @@ def _read(
         if provider is None:
             domain = written.strip().strip(">").lower()
             provider = by_written_domain[written] = providers.get(domain) or provider_of(domain)
-        key = blake2b(
+        key = xxh3_128_hexdigest(
             "\x1f".join(
                 (SOURCE, rtype, stamp, queued, rcpt, orig, ip, vmta, job, message_id, dsn_status,
                  bounce_cat, feedback_type)
-            ).encode("utf-8", "surrogatepass"),
-            digest_size=16,
-        ).hexdigest()  # fmt: skip
+            ).encode("utf-8", "surrogatepass")
+        )  # fmt: skip
         group = (ip_id, days.get(at // 900) or day_of(at), provider, counts)
         keys = groups.get(group)
         if keys is None:

@@ -18,8 +18,9 @@ import itertools
 import operator
 import sys
 from collections.abc import Iterable, Iterator
-from hashlib import blake2b
 from typing import Any
+
+from xxhash import xxh3_128_hexdigest
 
 from warmup_portal.collector import gc_paused
 from webhooks.events import (
@@ -159,7 +160,7 @@ def _event(values: tuple[str, ...], raw: Any, record: int = 0) -> NormalisedEven
         (SOURCE, rtype, stamp, queued, rcpt, orig, ip, vmta, job, message_id, dsn_status, bounce_cat,
          feedback_type)
     )  # fmt: skip
-    key = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    key = xxh3_128_hexdigest(text.encode("utf-8", "surrogatepass"))
     return NormalisedEvent(
         SOURCE, event_type, occurred_at, key, ip, ip_field, vmta.strip(), refs, remembers, domain, bounce_class,
         bounce_category, async_bounce, raw, record,
