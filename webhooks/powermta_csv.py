@@ -34,7 +34,17 @@ from xxhash import xxh3_128_hexdigest
 from warmup.counters import GroupKey, StreamedWrites
 from warmup_portal.collector import gc_paused
 from webhooks.attribution import RedisMessageRefs
-from webhooks.events import REF_STRIP, EventType, Ignored, InvalidRecord, classify_bounce, count_items, powermta_time
+from webhooks.events import (
+    POWERMTA_MINUTES,
+    REF_STRIP,
+    SECONDS,
+    EventType,
+    Ignored,
+    InvalidRecord,
+    classify_bounce,
+    count_items,
+    powermta_time,
+)
 from webhooks.ingest import Attributed, IngestResult, TenantContext, count_events, finish, ingest
 from webhooks.parsers import Batch, Rejection
 from webhooks.parsers.powermta import (
@@ -228,6 +238,7 @@ def _read(
     bounce_counts: dict[tuple[str, str, bool], tuple[tuple[str, int], ...]] = {}
     events, rejected = batch.events, batch.rejected
     by_written_domain: dict[str, str] = {}  # a recipient's domain as written -> its provider
+    minutes, seconds = POWERMTA_MINUTES, SECONDS
 
     # References of the records off the usual path: a later usual record naming one of them is noted
     # in `refs_after`, so that the reference goes to the last record naming it, as in the general path.
@@ -276,11 +287,16 @@ def _read(
         if logged.isdigit() and logged.isascii() and logged[0] != "0":
             at, stamp = int(logged), logged
         elif logged and not logged.isdigit():
-            try:
-                at = powermta_time(logged, "timeLogged")
-            except (ValueError, TypeError, OverflowError):  # InvalidRecord among them
-                general(number)
-                continue
+            # powermta_time's first step inlined: a minute already seen needs only its seconds read.
+            minute = minutes.get(logged[:16] + logged[19:])
+            if minute is not None and logged[16] == ":" and (second := seconds.get(logged[17:19])) is not None:
+                at = minute + second
+            else:
+                try:
+                    at = powermta_time(logged, "timeLogged")
+                except (ValueError, TypeError, OverflowError):  # InvalidRecord among them
+                    general(number)
+                    continue
             stamp = str(at)
         else:
             general(number)  # no time (timeQueued instead), or leading zeros
