@@ -345,6 +345,10 @@ def _read(
         if keys is None:
             keys = groups[group] = []
         keys.append(key)
+    if remember and stream is not None:  # the rest now: Redis stores them while the groups are encoded
+        stream.send(ctx.refs.hash_write(tenant_id, remember))
+        streamed.update(remember)
+        remember.clear()
     batch.records = number
     fast = sum(map(len, groups.values()))  # every key in `groups` is a usual record's
     return Attributed(groups, fast, remember, streamed, stream, refs_after)
