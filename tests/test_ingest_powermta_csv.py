@@ -120,6 +120,17 @@ def reset(redis_client) -> None:
     DeadLetter.objects.all().delete()
 
 
+def both_paths(tenant, redis_client, text: str) -> tuple[dict, dict, dict]:
+    """The general pipeline's answer and what it wrote, then the hot path's answer (its writes are left in
+    place), each from an empty counter store and no dead letters."""
+    reset(redis_client)
+    general = ingest(TenantContext(tenant), parse_csv(text), refuse_foreign=False).as_json()
+    expected = state(redis_client)
+    reset(redis_client)
+    hot = ingest_csv(TenantContext(tenant), text, refuse_foreign=False).as_json()
+    return general, expected, hot
+
+
 @pytest.mark.parametrize("stream_refs", [2, powermta_csv.STREAM_REFS])
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
@@ -136,11 +147,7 @@ def test_the_hot_path_writes_and_answers_what_the_general_pipeline_does(
     header = [name for name in HEADER if name not in drop]
     text = body_of(rows + rows[:2] if repeat else rows, header, extras)
 
-    reset(redis_client)
-    general = ingest(TenantContext(tenant), parse_csv(text), refuse_foreign=False).as_json()
-    expected = state(redis_client)
-    reset(redis_client)
-    hot = ingest_csv(TenantContext(tenant), text, refuse_foreign=False).as_json()
+    general, expected, hot = both_paths(tenant, redis_client, text)
 
     assert hot == general
     assert state(redis_client) == expected
@@ -333,11 +340,7 @@ def test_records_off_the_usual_path_of_an_arrow_read_body_keep_their_rows_and_li
     text = body_of(rows, HEADER, [])
     assert powermta_csv._columns(text, None, CsvLayout(HEADER)) is not None  # this body is Arrow's
 
-    reset(redis_client)
-    general = ingest(TenantContext(tenant), parse_csv(text), refuse_foreign=False).as_json()
-    expected = state(redis_client)
-    reset(redis_client)
-    hot = ingest_csv(TenantContext(tenant), text, refuse_foreign=False).as_json()
+    general, expected, hot = both_paths(tenant, redis_client, text)
 
     assert hot == general
     assert (hot["accepted"], hot["unattributed"], hot["ignored"], len(hot["rejected"])) == (3, 1, 1, 1)

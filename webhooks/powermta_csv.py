@@ -13,10 +13,11 @@ they always did. The two paths give the same key, day, provider and counts for a
 `tests/test_ingest_powermta_csv.py` checks against the general pipeline on generated bodies.
 
 The columns come from Apache Arrow's CSV reader (`_columns`), in C, when it reads the body as the csv
-module would: one line per record after a one-line header, every row as wide as the header, no NUL or
-carriage return (the csv module reads those its own way). For such a body both readers give the same
-fields (quoted commas, doubled quotes and stray quotes alike; `tests/test_ingest_powermta_csv.py` checks
-it on generated lines). Any other body is read by `csv.reader`, as before.
+module would: one line per record after a one-line header, every row as wide as the header, valid
+UTF-8, no NUL or carriage return (the csv module reads those its own way). For such a body both
+readers give the same fields (quoted commas, doubled quotes and stray quotes alike;
+`tests/test_ingest_powermta_csv.py` checks it on generated lines). Any other body is read by
+`csv.reader`, as before.
 """
 
 from __future__ import annotations
