@@ -572,7 +572,7 @@ class RedisCounterStore(CounterStore):
         items = sorted(items, key=_ip_day_of)
         keys: list[str] = []
         hashes: dict[tuple[int, date], int] = {}
-        adds: dict[tuple, int] = {}  # what groups add (fields and amounts) -> its number for the script
+        adds: list[tuple[str | int, ...]] = []  # what groups add (field, amount ...); groups name it by position
         encoded: list[int] = []  # four numbers per group, see _APPLY_LUA
         day_keys: list[list[str]] = []  # per IP-day, the de-duplication keys of its groups in order
         day_sums: list[dict[str, int]] = []  # per IP-day, what its groups add if none is a duplicate
@@ -583,10 +583,8 @@ class RedisCounterStore(CounterStore):
             kind = kinds.get((provider, counts))
             if kind is None:
                 fields = _fields_of(provider, counts)
-                adding = adds.get(fields)
-                if adding is None:
-                    adding = adds[fields] = len(adds) + 1
-                kind = kinds[(provider, counts)] = (adding, tuple(zip(fields[::2], fields[1::2], strict=True)))
+                adds.append(fields)
+                kind = kinds[(provider, counts)] = (len(adds), tuple(zip(fields[::2], fields[1::2], strict=True)))
             adding, pairs = kind
             position = hashes.get((ip_id, day))
             if position is None:
@@ -619,7 +617,7 @@ class RedisCounterStore(CounterStore):
             keys.append(INDEX_KEY)
             index = len(keys)
         flat_sums = [[item for pair in sums.items() for item in pair] for sums in day_sums]
-        args = [self._ttl, index, _dumps(list(adds)), _dumps(encoded), _dumps(widths), _dumps(flat_sums), *packed]
+        args = [self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(widths), _dumps(flat_sums), *packed]
         if stream is None:
             replies = self._apply_script(keys=keys, args=args)
         else:

@@ -2,13 +2,13 @@
 
 One counter-store call per batch (`count_grouped()`: de-duplicated and counted atomically there; with
 Redis the batch's message references go on the connection that runs the counting script, in the same
-packet, or ahead of it while a PowerMTA CSV body is still read, `webhooks.powermta_csv`), one round trip to read the
-references the batch needs (only for events without an IP or source name), one query for the tenant's
-IPs per request (or per backfill; none with the web processes' caches), and dead letters for what
-cannot be counted: events naming an IP the tenant does not have (`unknown_ip`), events nothing
-attributes (`unattributed`), and invalid records (`invalid`). Dead letters are unique per (tenant, event
-key), so a re-posted unattributed event is kept once, and `reprocess_dead_letters` counts it (once, under
-the same key) after its IP appears.
+packet, or ahead of it while a PowerMTA CSV body is still read, `webhooks.powermta_csv`), one round
+trip to read the references the batch needs (only for events without an IP or source name), one query
+for the tenant's IPs per request (or per backfill; none with the web processes' caches), and dead
+letters for what cannot be counted: events naming an IP the tenant does not have (`unknown_ip`), events
+nothing attributes (`unattributed`), and invalid records (`invalid`). Dead letters are unique per
+(tenant, event key), so a re-posted unattributed event is kept once, and `reprocess_dead_letters` counts
+it (once, under the same key) after its IP appears.
 
 Order matters for "never a 2xx for an event not durably counted": references and counts are written
 first; if the counter store is unreachable, `CounterStoreUnavailable` propagates with nothing counted
@@ -241,8 +241,8 @@ def count_events(
             else:
                 dead.append((event, DeadLetter.Reason.UNATTRIBUTED, "no delivery report names this message"))
 
-    # References first (or in the counts' round trip, ahead of them): if they cannot be written the batch fails
-    # as a whole and is re-posted.
+    # References first (or in the counts' round trip, ahead of them): if they cannot be written, the
+    # batch fails as a whole and is re-posted.
     also = None
     if remember:
         if isinstance(ctx.refs, RedisMessageRefs) and isinstance(ctx.store, RedisCounterStore):

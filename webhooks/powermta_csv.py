@@ -54,6 +54,7 @@ from webhooks.parsers.powermta import (
     CsvLayout,
     _event,
     _new_batch,
+    csv_lines,
     decode,
     is_csv,
     parse_body,
@@ -101,9 +102,7 @@ def ingest_csv(
     """
     reader = csv.reader(io.StringIO(text, newline=""))
     layout = read_layout(reader)
-    # The lines as csv.reader reads them from the text (universal newlines, kept): a record's first
-    # line is found again by its index for a dead letter. Read when a record needs them.
-    lines: list[str] = []
+    lines: list[str] = []  # `csv_lines(text)`, read when a record needs them
     batch = _new_batch(layout, lines)
     # With Redis, the message references go out while the body is still read (`StreamedWrites`).
     stream = ctx.store.stream_hash_writes() if isinstance(ctx.refs, RedisMessageRefs) else None
@@ -125,13 +124,13 @@ def _records(
     else from `reader` (past the header); `lines` is filled with the body's lines when a record needs them."""
     columns = _columns(text, data, layout) if reader.line_num == 1 else None
     if columns is None:
-        lines.extend(io.StringIO(text, newline="").readlines())
+        lines.extend(csv_lines(text))
         return _rows(reader, layout, batch)
 
     def row_of(number: int) -> tuple[list[str], int]:
         # One line per record after a one-line header: record `number` is line `number`.
         if not lines:
-            lines.extend(io.StringIO(text, newline="").readlines())
+            lines.extend(csv_lines(text))
         return _padded(next(csv.reader([lines[number]])), layout), number
 
     return zip(*columns, strict=True), row_of

@@ -285,10 +285,15 @@ def _next_row(reader) -> list[str] | None:
         raise UnparseableBody(f"malformed CSV header: {exc}") from None
 
 
+def csv_lines(text: str) -> list[str]:
+    """The lines of a body as csv.reader reads them from its text (universal newlines, kept): a record's
+    first line is found again by its index for a dead letter."""
+    return io.StringIO(text, newline="").readlines()
+
+
 def parse_csv(text: str) -> Batch:
     """A whole CSV body as one batch."""
-    # The lines as csv.reader would read them from the text (universal newlines, kept).
-    lines = io.StringIO(text, newline="").readlines()
+    lines = csv_lines(text)
     with gc_paused():
         for batch in iter_csv_batches(lines, batch_size=sys.maxsize):
             return batch
