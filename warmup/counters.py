@@ -1,4 +1,4 @@
-"""The counter store: per IP, per day, per mailbox provider counts, de-duplicated and atomic per batch.
+"""The counter store: per IP, per day, per mailbox provider counts, de-duplicated and atomic per IP-day.
 
 Two backends behind one interface (PRODUCT.md sections 3 and 6):
 
@@ -6,9 +6,11 @@ Two backends behind one interface (PRODUCT.md sections 3 and 6):
   per counter and provider (``sent:gmail``). The braces are a Redis Cluster hash tag, so an IP-day, the
   set of the de-duplication keys of the events counted into it (``...}:d``, expiring
   WEBHOOK_DEDUP_TTL_DAYS after its last write) and the batches consolidation renames it to
-  (``...}:b:<uuid>``) share one slot. A batch of increments is de-duplicated and counted by one Lua
-  script: one round trip on a single node, one per slot group on a cluster. An index set lists
-  the IP-days that hold counts, so consolidation never has to SCAN.
+  (``...}:b:<uuid>``) share one slot. A batch of increments is de-duplicated and counted by a Lua
+  script, each IP-day atomically: one round trip on a single node, one per slot group on a cluster.
+  The ingestion pipeline's batches send their IP-days in parts, a script call each, all read in that
+  one round trip (`RedisCounterStore._run_apply`). An index set lists the IP-days that hold counts, so
+  consolidation never has to SCAN.
 - `DatabaseCounterStore` (the embedded default): `CounterCell` rows (ip, date, ``counter:provider``) and
   `CounterDedupKey` rows, written in one transaction per batch with upserts, so that several processes
   sum exactly.
@@ -203,11 +205,10 @@ IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and no
 # none), ARGV[3] = what the groups add, as JSON: [[field, amount, field, amount ...], ...] (a batch
 # repeats a few dozen of these), ARGV[4] = the groups as one flat JSON array of numbers, four per group:
 # IP-day number, what it adds (position in ARGV[3]), events without a de-duplication key, events with
-# one; the groups of an IP-day next to each other. ARGV[5] = per IP-day, the width of its
-# de-duplication keys (JSON array); ARGV[6] = per IP-day, what its groups add when none of its events
-# is a duplicate: [[field, amount, field, amount ...], ...] (JSON); ARGV[6 + n] = the keys of IP-day n,
-# in the order of its groups: one string of keys of that width each (the usual case: digests) or, with
-# a width of 0, a JSON array of strings.
+# one; the groups of an IP-day next to each other. ARGV[5] = per IP-day, how its de-duplication keys
+# are cut (JSON array: a width, or the list of their lengths); ARGV[6] = per IP-day, what its groups add
+# when none of its events is a duplicate: [[field, amount, field, amount ...], ...] (JSON); ARGV[6 + n] =
+# the keys of IP-day n in the order of its groups, end to end (`_members`: a digest as its 16 bytes).
 # A few strings rather than thousands of arguments: packing, sending and reading many arguments costs
 # redis-py and Redis more than decoding costs the script.
 # De-duplication is two commands per IP-day, whatever the number of its events: SMISMEMBER tells which
@@ -217,7 +218,7 @@ IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and no
 # of a key repeated within the batch; the IP-day's groups are then summed here without their
 # duplicates. A single key needs the SADD alone. The set's expiry is renewed with each batch, so a key
 # is remembered at least the TTL. Each field of an IP-day gets one HINCRBY per batch (Lua numbers are
-# doubles: exact below 2^53).
+# doubles: exact below 2^53), and the IP-days counted go to the index in one SADD.
 # Returns, per group with duplicates, {its number, 1-based positions among its keys of the duplicates ...}.
 _APPLY_LUA = """
 local ttl = ARGV[1]
@@ -227,19 +228,24 @@ local sums_of = cjson.decode(ARGV[6])
 local adds, groups, first_group = nil, nil, nil
 local CHUNK = 4000
 local found = {}
+local touched = {}
 for h = 1, #widths do
   local width = widths[h]
-  local keys
-  if width > 0 then
-    keys = {}
-    local packed = ARGV[6 + h]
-    local k = 0
+  local packed = ARGV[6 + h]
+  local keys = {}
+  local k = 0
+  if type(width) == 'number' then
     for first = 1, #packed, width do
       k = k + 1
       keys[k] = string.sub(packed, first, first + width - 1)
     end
   else
-    keys = cjson.decode(ARGV[6 + h])
+    local first = 1
+    for _, length in ipairs(width) do
+      k = k + 1
+      keys[k] = string.sub(packed, first, first + length - 1)
+      first = first + length
+    end
   end
   local n = #keys
   local set = KEYS[2 * h]
@@ -318,8 +324,13 @@ for h = 1, #widths do
   for f = 1, #sums, 2 do
     redis.call('HINCRBY', counts, sums[f], sums[f + 1])
   end
-  if #sums > 0 and index > 0 then
-    redis.call('SADD', KEYS[index], counts)
+  if #sums > 0 then
+    touched[#touched + 1] = counts
+  end
+end
+if index > 0 then
+  for first = 1, #touched, CHUNK do
+    redis.call('SADD', KEYS[index], unpack(touched, first, math.min(first + CHUNK - 1, #touched)))
   end
 end
 return found
@@ -361,6 +372,55 @@ return claimed
 
 # ASCII-only JSON (the default): every byte sent is ASCII, and the script's cjson decodes the escapes.
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _from_hex(text: str) -> bytes | None:
+    """The bytes that lower-case hex digits spell (`bytes.hex()` gives `text` back); None otherwise."""
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return data if data.hex() == text else None
+
+
+def _member(key: str) -> bytes:
+    """A de-duplication key as its set holds it: a digest (32 lower-case hex digits, `event_key`) as
+    its 16 bytes, which halves what the sets hold and what Redis hashes and compares; any other key as
+    its UTF-8 text."""
+    digest = _from_hex(key) if len(key) == 32 else None
+    return digest if digest is not None else key.encode("utf-8", "surrogatepass")
+
+
+def _members(keys: list[str]) -> tuple[int | list[int], bytes]:
+    """An IP-day's de-duplication keys as `_APPLY_LUA` takes them: (their width, or the list of their
+    lengths; the `_member`s end to end)."""
+    if keys and all(len(key) == 32 for key in keys):
+        # The usual IP-day: digests only, turned into bytes in one call.
+        digests = _from_hex("".join(keys))
+        if digests is not None:
+            return 16, digests
+    members = [_member(key) for key in keys]
+    lengths = [len(member) for member in members]
+    if lengths and lengths[0] and lengths.count(lengths[0]) == len(lengths):
+        return lengths[0], b"".join(members)
+    return lengths, b"".join(members)
+
+
+def _parts(items: list, ip_days: int) -> list[list]:
+    """`items` (sorted by IP-day) cut into runs of `ip_days` IP-days."""
+    parts: list[list] = []
+    current, last, seen = [], None, 0
+    for item in items:
+        ip_day = item[0][:2]
+        if ip_day != last:
+            if seen == ip_days:
+                parts.append(current)
+                current, seen = [], 0
+            last, seen = ip_day, seen + 1
+        current.append(item)
+    if current:
+        parts.append(current)
+    return parts
 
 
 def _ip_day_of(item: tuple[GroupKey, Sequence[str | None]]) -> tuple[int, date]:
@@ -451,10 +511,19 @@ class StreamedWrites:
             raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
         self._queued = []
 
-    def run_script(self, script, keys: list, args: list):
-        """Run `script` on this connection after the writes; its reply (raises the writes' errors)."""
+    def send_script(self, script, keys: list, args: list) -> None:
+        """Send a call of `script` on this connection, after the writes, without waiting for its reply."""
         self._queue((script, keys, args), "EVALSHA", script.sha, len(keys), *keys, *args)
         self._flush()
+
+    def run_script(self, script, keys: list, args: list):
+        """Run `script` on this connection after the writes; its reply (raises the writes' errors)."""
+        self.send_script(script, keys, args)
+        return self.script_replies()[-1]
+
+    def script_replies(self) -> list:
+        """Read every reply not read yet; the replies of the scripts sent, in order (raises the first
+        error, of a write or a script)."""
         conn = self.conn
         replies = []
         for call in self._sent:
@@ -464,7 +533,7 @@ class StreamedWrites:
                 replies.append(call)
             except redis.ResponseError as exc:
                 replies.append(exc)
-        self._sent = []
+        calls, self._sent = self._sent, []
         for number, reply in enumerate(replies):
             if isinstance(reply, tuple):
                 again, keys_again, args_again = reply
@@ -472,7 +541,7 @@ class StreamedWrites:
         for reply in replies:  # the first error, in the order of the calls
             if isinstance(reply, redis.ResponseError):
                 raise reply
-        return replies[-1]
+        return [reply for call, reply in zip(calls, replies, strict=True) if call is not None]
 
     def close(self, broken: bool = False) -> None:
         """Give the connection back (closed if it failed or replies are still unread)."""
@@ -487,6 +556,8 @@ class StreamedWrites:
 
 class RedisCounterStore(CounterStore):
     """Counters in Redis hashes; see the module docstring for the key layout."""
+
+    PART_IP_DAYS = 8  # IP-days per script call of a streamed batch (`_run_apply`)
 
     def __init__(self, client: redis.Redis | None = None):
         self.client = client if client is not None else get_redis()
@@ -567,9 +638,35 @@ class RedisCounterStore(CounterStore):
     def _run_apply(
         self, items: list, with_index: bool, stream: StreamedWrites | None = None
     ) -> tuple[set[tuple], set[str]]:
-        """One script call for the groups `items`; (duplicates, hashes that received counts)."""
+        """Script calls for the groups `items`; (duplicates, hashes that received counts).
+
+        With a stream (the ingestion pipeline), the IP-days go in parts of PART_IP_DAYS, each part sent
+        as soon as it is encoded, so that Redis counts a part while Python encodes the next; every reply
+        is still read in one wait. An IP-day is never cut: its events are de-duplicated and counted by
+        one call, atomically. Without a stream, one call.
+        """
         # The script wants the groups of an IP-day next to each other.
         items = sorted(items, key=_ip_day_of)
+        parts = [items] if stream is None else _parts(items, self.PART_IP_DAYS)
+        calls = []
+        for part in parts:
+            keys, args, context = self._encode_apply(part, with_index)
+            if stream is None:
+                replies = [self._apply_script(keys=keys, args=args)]
+            else:
+                stream.send_script(self._apply_script, keys, args)
+            calls.append((part, keys, context))
+        if stream is not None:
+            replies = stream.script_replies()
+        duplicates: set[tuple] = set()
+        touched: set[str] = set()
+        for (part, keys, context), reply in zip(calls, replies, strict=True):
+            self._decode_apply(part, keys, context, reply, with_index, duplicates, touched)
+        return duplicates, touched
+
+    def _encode_apply(self, items: list, with_index: bool) -> tuple[list[str], list, tuple]:
+        """The keys and arguments of one `_APPLY_LUA` call for `items` (sorted by IP-day), and what
+        `_decode_apply` needs to read its reply."""
         keys: list[str] = []
         hashes: dict[tuple[int, date], int] = {}
         adds: list[tuple[str | int, ...]] = []  # what groups add (field, amount ...); groups name it by position
@@ -605,42 +702,41 @@ class RedisCounterStore(CounterStore):
             day_keys[position - 1] += dedup_keys
         widths, packed = [], []
         for dedup_keys in day_keys:
-            joined = "".join(dedup_keys)
-            if joined and joined.isascii() and len(set(map(len, dedup_keys))) == 1:
-                widths.append(len(dedup_keys[0]))
-                packed.append(joined)
-            else:
-                widths.append(0)
-                packed.append(_dumps(dedup_keys))
+            width, members = _members(dedup_keys)
+            widths.append(width)
+            packed.append(members)
         index = 0
         if with_index:
             keys.append(INDEX_KEY)
             index = len(keys)
         flat_sums = [[item for pair in sums.items() for item in pair] for sums in day_sums]
         args = [self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(widths), _dumps(flat_sums), *packed]
-        if stream is None:
-            replies = self._apply_script(keys=keys, args=args)
-        else:
-            replies = stream.run_script(self._apply_script, keys, args)
-        duplicates = set()
+        return keys, args, (keyed_positions, hashes)
+
+    @staticmethod
+    def _decode_apply(
+        items: list, keys: list[str], context: tuple, replies: list, with_index: bool,
+        duplicates: set[tuple], touched: set[str],
+    ) -> None:  # fmt: skip
+        """Add the duplicates a call of `_APPLY_LUA` answered (as (group key, position in the group)) to
+        `duplicates` and, without the index, the hashes it counted into to `touched`."""
+        keyed_positions, hashes = context
         found_in: dict[int, int] = {}  # group number -> its duplicates
         for number, *found in replies:
             key = items[number - 1][0]
             places = keyed_positions.get(number - 1)
             duplicates.update((key, places[n - 1] if places else n - 1) for n in found)
             found_in[number - 1] = len(found)
-        touched = set()
         if not with_index:
             for number, (key, dedup_keys) in enumerate(items):
                 if len(dedup_keys) > found_in.get(number, 0):
                     touched.add(keys[2 * hashes[key[:2]] - 2])
-        return duplicates, touched
 
     def _run_one(self, key: GroupKey, dedup_key: str, stream: StreamedWrites | None = None) -> set[tuple]:
         """A single event (a JSON webhook's usual body): the lean script, no JSON to encode or decode."""
         ip_id, day, provider, counts = key
         tag = day_tag(ip_id, day)
-        keys, args = [tag + ":c", tag + ":d", INDEX_KEY], [self._ttl, dedup_key, *_fields_of(provider, counts)]
+        keys, args = [tag + ":c", tag + ":d", INDEX_KEY], [self._ttl, _member(dedup_key), *_fields_of(provider, counts)]
         if stream is None:
             counted = self._one_script(keys=keys, args=args)
         else:

@@ -157,6 +157,9 @@ def _columns(text: str, data: bytes | None, layout: CsvLayout) -> list[list[str]
                 newlines_in_values=True, invalid_row_handler=lambda row: short.append(row) or "skip"
             ),
             convert_options=arrow_csv.ConvertOptions(
+                # `text` is `data` decoded with replacement: without a replacement character, every
+                # byte of `data` was valid UTF-8 already, and need not be checked again.
+                check_utf8="\ufffd" in text,
                 include_columns=[names[position] for position in wanted],
                 column_types={names[position]: pyarrow.string() for position in wanted},
                 strings_can_be_null=False,
