@@ -111,6 +111,15 @@ def test_the_wsgi_module_hides_the_loaded_application_from_the_cyclic_collector(
     assert int(out.stdout.strip()) > 50_000
 
 
+def test_the_wsgi_module_loads_the_views_before_the_first_request():
+    # A worker's first webhook would otherwise wait for the URLconf, the parsers and Apache Arrow.
+    code = "import sys, warmup_portal.wsgi; print(sorted({'webhooks.views', 'pyarrow.csv'} & set(sys.modules)))"
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "warmup_portal.settings"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=True)
+
+    assert out.stdout.strip() == "['pyarrow.csv', 'webhooks.views']"
+
+
 def test_worker_and_beat_run_the_celery_app_with_the_database_scheduler():
     for service, subcommand in (("worker", "worker"), ("beat", "beat")):
         command = command_of(service)
