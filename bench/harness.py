@@ -17,6 +17,8 @@ import contextlib
 import importlib
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import statistics
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -311,6 +314,29 @@ def gunicorn(app: str, *, env: dict[str, str] | None = None, log_name: str = "gu
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+
+
+def connections_by_worker(port: int) -> dict[int, int] | None:
+    """The established connections to the server on `port`, per process holding them (`ss` of iproute2);
+    None when `ss` is missing."""
+    if shutil.which("ss") is None:
+        return None
+    listing = subprocess.run(
+        ["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, timeout=10
+    ).stdout
+    return dict(Counter(int(pid) for pid in re.findall(r"pid=(\d+)", listing)))
+
+
+def on_one_worker(port: int) -> bool:
+    """Whether every connection to the server on `port` is held by one gunicorn worker.
+
+    Workers share the listening socket, and keep-alive connections stay with the worker that accepted
+    them. In about one load run in ten (24 runs of wrk with 4 connections: 2), one worker accepts every
+    connection: the server then runs on one core, at 45 % of its throughput, whatever the code. The
+    load benches take such a run again, for the portal and its baseline alike.
+    """
+    counts = connections_by_worker(port)
+    return GUNICORN_WORKERS > 1 and counts is not None and len(counts) == 1
 
 
 def tail(path: Path, chars: int = 800) -> str:

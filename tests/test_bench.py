@@ -8,6 +8,7 @@ import http.client
 import io
 import json
 import os
+import socket
 import sys
 from collections import Counter
 from datetime import date
@@ -134,3 +135,22 @@ def test_baseline_app_counts_one_event_in_redis(redis_client):
         assert response.status == 400
         response.read()
     assert redis_client.hgetall("bench:baseline:198.18.0.1") == {b"delivered": b"3"}
+
+
+def test_the_load_benches_see_which_process_holds_each_connection():
+    # A run in which one gunicorn worker holds every connection measures one core; the load benches
+    # take it again (harness.on_one_worker). Here this process holds both ends of two connections.
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    accepted = [server.accept()[0] for _ in clients]
+    try:
+        assert harness.connections_by_worker(port) == {os.getpid(): 2}
+        assert harness.on_one_worker(port)
+        for sock in accepted:
+            sock.close()
+        assert harness.connections_by_worker(port) == {}
+        assert not harness.on_one_worker(port)
+    finally:
+        for sock in [*clients, *accepted, server]:
+            sock.close()
