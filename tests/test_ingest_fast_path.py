@@ -128,6 +128,17 @@ def test_digest_keys_are_remembered_as_their_16_bytes_by_both_scripts(redis_clie
     assert store.read(ip.id, DAY)["sent"] == 3
 
 
+def test_keys_of_any_text_and_length_in_one_ip_day_find_their_duplicates(redis_client, ip):
+    store = RedisCounterStore(redis_client)
+    keys = ["événement", "\ud800-lone", "", "a" * 40, f"{7:032x}", "z"]
+    assert store.apply([Increment(ip.id, DAY, {"sent": 1}, "other", key) for key in keys[::2]]) == [True] * 3
+
+    flags = store.apply([Increment(ip.id, DAY, {"sent": 1}, "other", key) for key in keys])
+
+    assert flags == [False, True, False, True, False, True]
+    assert store.read(ip.id, DAY)["sent"] == 6
+
+
 def test_count_grouped_refuses_an_unknown_counter_and_counts_nothing(redis_client, ip):
     store = RedisCounterStore(redis_client)
     groups = {(ip.id, DAY, "gmail", (("sent", 1),)): ["k1"], (ip.id, DAY, "gmail", (("sends", 1),)): ["k2"]}
