@@ -3,8 +3,9 @@
 Both are served by gunicorn the same way (2 gthread workers, `harness.gunicorn`) and loaded by `wrk`
 (2 threads, 4 keep-alive connections, loopback, fixed duration) with a Lua script that posts one
 event per request, each with its own event id. Runs alternate baseline / portal; each figure is the
-median. A run in which one gunicorn worker held every connection is taken again (`run_wrk`). Afterwards the portal's counter store must hold exactly the events wrk saw answered with 2xx
-(give or take the requests in flight when wrk stopped).
+median. A run in which one gunicorn worker held every connection is taken again (`run_wrk`).
+Afterwards the portal's counter store must hold exactly the events wrk saw answered with 2xx (give or
+take the requests in flight when wrk stopped).
 
 Target (PRODUCT.md section 10): portal >= 0.75 x baseline requests/s.
 """
