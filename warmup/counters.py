@@ -74,7 +74,7 @@ GroupKey = tuple[int, date, str, tuple[tuple[str, int], ...]]
 class HashWrite:
     """Fields set in one Redis hash, with an expiry, in the same round trip as a batch's counts.
 
-    The ingestion pipeline's message references: written atomically with the counts they came with.
+    The ingestion pipeline's message references: written in the round trip of the counts they came with.
     `fields` is flat: field, value, field, value ...
     """
 
@@ -163,7 +163,8 @@ class CounterStore:
         stream: StreamedWrites | None = None,
     ) -> int:
         """`apply()` for a batch grouped by what its events add: each group's de-duplication keys (None:
-        always counted). Atomic like `apply()`; returns how many were counted (the rest were duplicates).
+        always counted). Atomic per IP-day (in one call, like `apply()`, but with a `stream`: see
+        `RedisCounterStore._run_apply`); returns how many were counted (the rest were duplicates).
 
         `also` (Redis only) is written in the same round trip, before anything is counted; `stream`
         (Redis only, from `stream_hash_writes()`) holds hash writes sent ahead, whose replies are read

@@ -1,18 +1,19 @@
 """The ingestion pipeline: parsed batch -> attribute -> count (warmup.counters) -> dead letters.
 
-One counter-store call per batch (`count_grouped()`: de-duplicated and counted atomically there; with
-Redis the batch's message references go on the connection that runs the counting script, in the same
-packet, or ahead of it while a PowerMTA CSV body is still read, `webhooks.powermta_csv`), one round
-trip to read the references the batch needs (only for events without an IP or source name), one query
-for the tenant's IPs per request (or per backfill; none with the web processes' caches), and dead
-letters for what cannot be counted: events naming an IP the tenant does not have (`unknown_ip`), events
-nothing attributes (`unattributed`), and invalid records (`invalid`). Dead letters are unique per
-(tenant, event key), so a re-posted unattributed event is kept once, and `reprocess_dead_letters` counts
-it (once, under the same key) after its IP appears.
+One counter-store call per batch (`count_grouped()`: de-duplicated and counted there, atomically per
+IP-day; with Redis the batch's message references go on the connection that runs the counting script,
+in the same packet, or ahead of it while a PowerMTA CSV body is still read, `webhooks.powermta_csv`),
+one round trip to read the references the batch needs (only for events without an IP or source
+name), one query for the tenant's IPs per request (or per backfill; none with the web processes'
+caches), and dead letters for what cannot be counted: events naming an IP the tenant does not have
+(`unknown_ip`), events nothing attributes (`unattributed`), and invalid records (`invalid`). Dead
+letters are unique per (tenant, event key), so a re-posted unattributed event is kept once, and
+`reprocess_dead_letters` counts it (once, under the same key) after its IP appears.
 
 Order matters for "never a 2xx for an event not durably counted": references and counts are written
-first; if the counter store is unreachable, `CounterStoreUnavailable` propagates with nothing counted
-and no dead letter written (the sender retries the whole body).
+first; if the counter store is unreachable, `CounterStoreUnavailable` propagates and no dead letter
+is written: the sender retries the whole body, and whatever Redis counted before it became unreachable
+(the parts of a batch already run, `RedisCounterStore._run_apply`) is found as duplicates then.
 """
 
 from __future__ import annotations
