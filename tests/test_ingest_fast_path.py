@@ -2,6 +2,7 @@
 daily reference hashes, the minute cache of PowerMTA times, and the garbage-collector pause."""
 
 import gc
+import threading
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -137,6 +138,50 @@ def test_keys_of_any_text_and_length_in_one_ip_day_find_their_duplicates(redis_c
 
     assert flags == [False, True, False, True, False, True]
     assert store.read(ip.id, DAY)["sent"] == 6
+
+
+def test_single_events_survive_a_dropped_connection_and_a_flushed_script_cache(redis_client, ip):
+    # A single event goes on the thread's own connection, not through the pool (`_call_own`).
+    store = RedisCounterStore(redis_client)
+    one = [Increment(ip.id, DAY, {"sent": 1}, "gmail", f"{n:032x}") for n in range(3)]
+    assert store.apply(one[:1]) == [True]
+    own = store._own.conn
+    own.send_command("CLIENT", "ID")
+    own_id = own.read_response()
+
+    assert redis_client.client_kill_filter(_id=own_id) == 1  # Redis drops the thread's connection
+    assert store.apply(one[1:2]) == [True]
+    redis_client.script_flush()
+    assert store.apply(one[2:]) == [True]
+
+    assert [store.apply([increment]) for increment in one] == [[False]] * 3
+    assert store.apply(one) == [False] * 3  # the batch script, loaded again (other tests expect it loaded)
+    assert store.read(ip.id, DAY)["sent"] == 3
+
+
+def test_each_thread_counts_single_events_on_a_connection_of_its_own(redis_client, ip):
+    store = RedisCounterStore(redis_client)
+    counted, checked = threading.Barrier(3), threading.Barrier(3)
+
+    def count(n: int) -> None:
+        store.apply([Increment(ip.id, DAY, {"sent": 1}, "gmail", f"t{n}")])
+        own = store._own.conn
+        own.send_command("CLIENT", "SETNAME", f"own-{n}")
+        own.read_response()
+        counted.wait(timeout=10)
+        checked.wait(timeout=10)  # the connection stays open while the test looks
+
+    threads = [threading.Thread(target=count, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    counted.wait(timeout=10)
+    names = {client["name"] for client in redis_client.client_list()}
+    checked.wait(timeout=10)
+    for thread in threads:
+        thread.join()
+
+    assert {"own-0", "own-1"} <= names
+    assert store.read(ip.id, DAY)["sent"] == 2
 
 
 def test_count_grouped_refuses_an_unknown_counter_and_counts_nothing(redis_client, ip):
