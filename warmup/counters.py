@@ -753,10 +753,10 @@ class RedisCounterStore(CounterStore):
         A single-event webhook is one script call. Through the pool, the call costs about as much CPU
         again as the round trip itself: the checkout (a lock, a poll of the socket for stray data, the
         pool's bookkeeping) and the release. Here each thread keeps a connection made with the pool's
-        settings and sends the packed call on it: 50 us less CPU a request in a gunicorn worker under
-        load (bench/README.md). A broken connection is made again and the call sent once more, as the
-        client's own retry would (a call that Redis ran before its reply was lost is then answered as a
-        duplicate: the event is counted once).
+        settings and sends the packed call on it: about 40 us less CPU a request in a gunicorn worker
+        under load (bench/README.md). A broken connection is made again and the call sent once more, as
+        the client's own retry would (a call that Redis ran before its reply was lost is then answered
+        as a duplicate: the event is counted once).
         """
         packed = [hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))]
         try:
