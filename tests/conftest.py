@@ -4,6 +4,7 @@ import pytest
 from django.conf import settings
 
 from .factories import TenantFactory, UserFactory
+from .telegram_support import TOKEN, running_fake_telegram
 
 
 @pytest.fixture(autouse=True)
@@ -61,3 +62,43 @@ def counter_store_down(settings):
     settings.WARMUP_COUNTER_BACKEND = "redis"
     yield
     counters.get_redis.cache_clear()
+
+
+@pytest.fixture
+def eager_tasks():
+    """Tasks run in this process as they are queued (the real task code, retries included); the
+    end-to-end tests run a real worker instead."""
+    from warmup_portal.celery import app
+
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
+@pytest.fixture
+def fake_telegram(settings, eager_tasks):
+    """Alerts configured for a local Telegram stand-in and delivered by their task in this process."""
+    with running_fake_telegram() as fake:
+        settings.TELEGRAM_API_URL = fake.url
+        settings.TELEGRAM_BOT_TOKEN = TOKEN
+        settings.TELEGRAM_CHAT_ID = "-1001"
+        settings.TELEGRAM_TIMEOUT_SECONDS = 2.0
+        settings.TELEGRAM_MAX_ATTEMPTS = 3
+        settings.TELEGRAM_RETRY_BACKOFF_SECONDS = 0.01
+        settings.WARMUP_DRY_RUN = False
+        yield fake
+
+
+@pytest.fixture
+def retries():
+    """The retries Celery schedules (eager runs retry at once, up to max_retries)."""
+    from celery.signals import task_retry
+
+    seen = []
+
+    def on_retry(request=None, reason=None, **kwargs):
+        seen.append(reason)
+
+    task_retry.connect(on_retry, weak=False)
+    yield seen
+    task_retry.disconnect(on_retry)

@@ -1,13 +1,9 @@
 """Alerts: recorded always, delivered to a real local HTTP server standing in for the Telegram Bot API."""
 
 import datetime as dt
-import json
 import logging
-import socket
-import threading
 import time
 import zoneinfo
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import time_machine
@@ -17,56 +13,9 @@ from warmup import alerts, telegram
 from warmup.models import Alert, AuditEvent, WarmupPlan
 
 from .factories import AuditEventFactory, DailyStatFactory, DomainFactory, IPFactory, WarmupPlanFactory
+from .telegram_support import TOKEN, closed_port
 
-TOKEN = "123456:test-token"
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
-
-
-class FakeTelegram:
-    """A real HTTP server on 127.0.0.1 that records each request and answers from a script."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.script: list[tuple[int, dict]] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                fake.requests.append({"path": self.path, "json": json.loads(body), "at": time.monotonic()})
-                status, payload = fake.script.pop(0) if fake.script else (200, {"ok": True, "result": {}})
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def texts(self) -> list[str]:
-        return [request["json"]["text"] for request in self.requests]
-
-
-@pytest.fixture
-def fake_telegram(settings):
-    fake = FakeTelegram()
-    fake.thread.start()
-    settings.TELEGRAM_API_URL = fake.url
-    settings.TELEGRAM_BOT_TOKEN = TOKEN
-    settings.TELEGRAM_CHAT_ID = "-1001"
-    settings.TELEGRAM_TIMEOUT_SECONDS = 2.0
-    settings.TELEGRAM_MAX_ATTEMPTS = 3
-    settings.TELEGRAM_RETRY_BACKOFF_SECONDS = 0.01
-    settings.WARMUP_DRY_RUN = False
-    yield fake
-    fake.server.shutdown()
-    fake.server.server_close()
 
 
 @pytest.fixture
@@ -87,12 +36,6 @@ def pause_text(ip) -> str:
         to_phase="week_1",
         until=dt.datetime(2026, 12, 25, 1, 0, tzinfo=PARIS),
     )
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_pause_message_names_tenant_ip_domain_decision_and_figures(ip):
@@ -276,8 +219,8 @@ def test_an_ip_over_110_percent_of_its_quota_raises_one_alert(ip, django_capture
     warming_plan(ip, started=DAY - dt.timedelta(days=3))
     DailyStatFactory(ip=ip, date=DAY, sent=56)  # quota 50: 112%
     with django_capture_on_commit_callbacks(execute=True):
-        (alert,) = alerts.check_quota_overruns(DAY)
-        assert alerts.check_quota_overruns(DAY) == []  # idempotent
+        (alert,) = alerts.check_quota_overruns([DAY])
+        assert alerts.check_quota_overruns([DAY]) == []  # idempotent
     assert alert.kind == Alert.Kind.QUOTA_OVERRUN and alert.ip == ip
     assert alert.figures == {"date": "2026-12-22", "sent": 56, "quota": 50, "percent_of_quota": 112.0}
     assert "sent 56 on 2026-12-22 against a quota of 50 (112%, limit 110%)" in alert.message
@@ -286,7 +229,7 @@ def test_an_ip_over_110_percent_of_its_quota_raises_one_alert(ip, django_capture
 def test_110_percent_is_not_an_overrun(ip):
     warming_plan(ip, started=DAY - dt.timedelta(days=3))
     DailyStatFactory(ip=ip, date=DAY, sent=55)
-    assert alerts.check_quota_overruns(DAY) == []
+    assert alerts.check_quota_overruns([DAY]) == []
 
 
 def test_the_quota_is_the_one_in_force_that_day(ip):
@@ -304,7 +247,7 @@ def test_the_quota_is_the_one_in_force_that_day(ip):
         to_status="warming",
     )
     DailyStatFactory(ip=ip, date=DAY, sent=120)
-    (alert,) = alerts.check_quota_overruns(DAY)
+    (alert,) = alerts.check_quota_overruns([DAY])
     assert alert.figures["quota"] == 50
 
 
@@ -317,7 +260,7 @@ def test_paused_and_unstarted_days_are_left_out(ip, tenant):
     later = IPFactory(tenant=tenant, domain=ip.domain)
     warming_plan(later, started=DAY + dt.timedelta(days=2))
     DailyStatFactory(ip=later, date=DAY, sent=500)
-    assert alerts.check_quota_overruns(DAY) == []
+    assert alerts.check_quota_overruns([DAY]) == []
 
 
 def test_quota_overrun_check_runs_a_fixed_number_of_queries(tenant, django_assert_max_num_queries):
@@ -327,7 +270,7 @@ def test_quota_overrun_check_runs_a_fixed_number_of_queries(tenant, django_asser
         warming_plan(ip, started=DAY - dt.timedelta(days=2))
         DailyStatFactory(ip=ip, date=DAY, sent=40)
     with django_assert_max_num_queries(2):
-        assert alerts.check_quota_overruns(DAY) == []
+        assert alerts.check_quota_overruns([DAY]) == []
 
 
 # --- The engine's tick ------------------------------------------------------------------------------------

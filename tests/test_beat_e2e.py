@@ -37,16 +37,18 @@ def midday_zone() -> str:
 
 
 @contextmanager
-def celery_processes(tmp_path: Path):
-    """A worker and a beat on the test database and broker; always stopped afterwards."""
-    env = subprocess_env()
-    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("worker", "beat")}
+def celery_processes(tmp_path: Path, names: tuple[str, ...] = ("worker", "beat"), **environment: str):
+    """A worker and a beat (or those `names`) on the test database and broker, with `environment` added
+    to theirs; always stopped afterwards."""
+    env = subprocess_env(**environment)
+    logs = {name: (tmp_path / f"{name}.log").open("w") for name in names}
     commands = {
         "worker": [CELERY, "-A", "warmup_portal", "worker", "--pool=solo", "--loglevel=INFO", "--without-heartbeat",
                    "--without-gossip", "--without-mingle"],
         "beat": [CELERY, "-A", "warmup_portal", "beat", "--loglevel=DEBUG", "--max-interval=1",
                  "-S", "django_celery_beat.schedulers:DatabaseScheduler", f"--pidfile={tmp_path / 'beat.pid'}"],
     }  # fmt: skip
+    commands = {name: commands[name] for name in names}
     processes = [
         subprocess.Popen(command, env=env, cwd=BASE_DIR, stdout=logs[name], stderr=subprocess.STDOUT)
         for name, command in commands.items()

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 
 import pytest
 import time_machine
-from celery.signals import task_retry
 from django.db import InterfaceError, OperationalError, connections
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
@@ -131,19 +130,6 @@ def database_down():
     finally:
         connection.close()
         connection.settings_dict["PORT"] = port
-
-
-@pytest.fixture
-def retries():
-    """The retries Celery schedules (eager runs retry at once, up to max_retries)."""
-    seen = []
-
-    def on_retry(request=None, reason=None, **kwargs):
-        seen.append(reason)
-
-    task_retry.connect(on_retry, weak=False)
-    yield seen
-    task_retry.disconnect(on_retry)
 
 
 @pytest.fixture

@@ -216,3 +216,87 @@ def test_record_stats_command_refuses_bad_input(ip, arguments, message):
 def test_ip_stats_command_refuses_an_inverted_range(ip):
     with pytest.raises(CommandError, match="--from must not be after --to"):
         call_command("ip_stats", "--ip", "45.123.10.1", "--from", "2027-03-09", "--to", "2027-03-01")
+
+
+# --- A retry after a lost reply --------------------------------------------------------------------------------
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy to the real Redis that loses the reply of the first `drops` scripts: Redis runs the
+    script, then the client's connection is cut before the answer reaches it (as when a network or a
+    host fails between the two)."""
+
+    def __init__(self, target: tuple[str, int], drops: int):
+        import socket
+        import threading
+
+        self.target, self.drops, self.dropped = target, drops, 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            state = {"script_sent": False}
+            threading.Thread(target=self._upstream, args=(client, server, state), daemon=True).start()
+            threading.Thread(target=self._downstream, args=(server, client, state), daemon=True).start()
+
+    def _upstream(self, client, server, state) -> None:
+        while data := self._recv(client):
+            if b"EVALSHA" in data.upper() or b"EVAL\r\n" in data.upper():
+                state["script_sent"] = True
+            server.sendall(data)
+
+    def _downstream(self, server, client, state) -> None:
+        import socket
+
+        while data := self._recv(server):
+            if state["script_sent"]:
+                with self.lock:
+                    drop = self.dropped < self.drops
+                    self.dropped += drop
+                if drop:  # Redis has run the script: its answer is lost with the connection
+                    for sock in (client, server):
+                        sock.shutdown(socket.SHUT_RDWR)  # wakes the other thread's recv, sends FIN
+                        sock.close()
+                    return
+            client.sendall(data)
+
+    @staticmethod
+    def _recv(sock) -> bytes:
+        try:
+            return sock.recv(65536)
+        except OSError:
+            return b""
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_retried_record_warmup_stats_task_counts_once_when_the_reply_was_lost(ip, settings, redis_client, retries):
+    from warmup import counters
+
+    # Both tries of the counter store (the call and its resend on a new connection) lose their reply, so
+    # that the task fails with CounterStoreUnavailable and Celery retries it.
+    proxy = ReplyDroppingProxy(("127.0.0.1", 6379), drops=2)
+    settings.REDIS_URL = f"redis://127.0.0.1:{proxy.port}/15"
+    counters.get_redis.cache_clear()
+    try:
+        result = tasks.record_warmup_stats_task.apply((ip.id, {"sent": 40, "delivered": 38}, "2027-03-09"))
+    finally:
+        proxy.close()
+        counters.get_redis.cache_clear()
+
+    assert result.state == "SUCCESS" and result.get()["success"] is True
+    counts = get_store().read(ip.id, date(2027, 3, 9))
+    assert (counts["sent"], counts["delivered"]) == (40, 38)
+    assert proxy.dropped == 2 and len(retries) == 1  # Redis ran the increment twice, the task twice

@@ -11,14 +11,16 @@ The engine writes its own message text; the `*_message` helpers here give every 
 """
 
 import logging
+import uuid
 import zoneinfo
 from collections.abc import Iterable, Mapping
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import partial
 
+from celery import current_task
 from django.conf import settings
-from django.db import transaction
-from django.db.models import OuterRef, Subquery
+from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from domains.models import IP, Tenant
@@ -44,6 +46,13 @@ ICONS = {
 
 # --- Recording and delivery --------------------------------------------------------------------------
 
+# A delivery claimed this long ago and still not finished belongs to a worker that died: send it again.
+CLAIM_TIMEOUT = timedelta(minutes=10)
+# The sweep leaves alone what was attempted more recently than this (its own task may still retry it).
+SWEEP_QUIET = timedelta(minutes=5)
+# How far back the sweep re-sends: older news is history, not an alert.
+SWEEP_MAX_AGE = timedelta(days=1)
+
 
 def raise_alert(
     kind: Alert.Kind,
@@ -53,11 +62,24 @@ def raise_alert(
     ip: IP | None = None,
     figures: Mapping | None = None,
     when: datetime | None = None,
-) -> Alert:
-    """Record an alert and deliver it to Telegram once the current transaction commits."""
+    dedup_key: str = "",
+) -> Alert | None:
+    """Record an alert and queue its delivery to Telegram once the current transaction commits.
+
+    With a `dedup_key` (what the alert is about: an IP-day's overrun, a failed run), an occurrence is
+    recorded once, also when two processes raise it at the same moment; a repeat returns None.
+    """
     alert = _new_alert(kind, tenant=tenant, message=message, ip=ip, figures=figures, when=when)
-    alert.save()
-    _dispatch(alert)
+    if dedup_key:
+        alert.dedup_key = dedup_key
+        try:
+            with transaction.atomic():
+                alert.save()
+        except IntegrityError:
+            return None
+    else:
+        alert.save()
+    _dispatch([alert])
     return alert
 
 
@@ -69,8 +91,7 @@ def raise_alerts(specs: Iterable[Mapping]) -> list[Alert]:
     """
     records = [_new_alert(**spec) for spec in specs]
     Alert.objects.bulk_create(records)
-    for alert in records:
-        _dispatch(alert)
+    _dispatch(records)
     return records
 
 
@@ -94,37 +115,87 @@ def _new_alert(kind, *, tenant, message, ip=None, figures=None, when=None) -> Al
     )
 
 
-def _dispatch(alert: Alert) -> None:
-    if alert.delivery == Alert.Delivery.NOT_CONFIGURED:
-        logger.warning(
-            "Alert (Telegram not configured: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID): %s", alert.message
-        )
-    elif alert.delivery == Alert.Delivery.DRY_RUN:
-        logger.info("Alert (dry run, not sent): %s", alert.message)
-    else:
-        transaction.on_commit(partial(deliver, alert))
+def _dispatch(alerts: Iterable[Alert]) -> None:
+    pending = []
+    for alert in alerts:
+        if alert.delivery == Alert.Delivery.NOT_CONFIGURED:
+            logger.warning(
+                "Alert (Telegram not configured: set TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID): %s", alert.message
+            )
+        elif alert.delivery == Alert.Delivery.DRY_RUN:
+            logger.info("Alert (dry run, not sent): %s", alert.message)
+        else:
+            pending.append(alert.pk)
+    if pending:
+        transaction.on_commit(partial(queue_delivery, pending))
 
 
-def deliver(alert: Alert) -> Alert:
-    """Send one recorded alert to its chat and write the outcome on it. Never raises."""
+def queue_delivery(alert_ids: Iterable[int]) -> int:
+    """Hand each alert to the `warmup.deliver_alert` task; returns how many were queued.
+
+    Never raises: the caller is a request or a tick that has already committed. An alert that cannot be
+    queued (the broker is down) stays pending and the sweep (`resend_undelivered`) queues it later.
+    """
+    from .tasks import deliver_alert_task  # the tasks module imports this one
+
+    queued = 0
+    for alert_id in alert_ids:
+        try:
+            deliver_alert_task.delay(alert_id)
+        except Exception:  # a broker that is down answers every call as slowly: stop at the first
+            logger.exception("Could not queue the delivery of alert %s; the sweep will send it", alert_id)
+            break
+        queued += 1
+    return queued
+
+
+def deliver(alert_id: int, now: datetime | None = None) -> Alert | None:
+    """Send one recorded alert to its chat and write the outcome on it.
+
+    The alert is claimed first (a conditional UPDATE), so that the task, its retries and the sweep never
+    send it twice at once; None when there is nothing to send (sent already, or being sent). Raises
+    `telegram.TelegramError` after recording the failure, for the task to decide on a retry.
+    """
+    now = now or timezone.now()
+    claimable = Q(delivery__in=[Alert.Delivery.PENDING, Alert.Delivery.FAILED]) | Q(
+        delivery=Alert.Delivery.SENDING, attempted_at__lt=now - CLAIM_TIMEOUT
+    )
+    claimed = Alert.objects.filter(claimable, pk=alert_id).update(
+        delivery=Alert.Delivery.SENDING, attempted_at=now, attempts=F("attempts") + 1
+    )
+    if not claimed:
+        return None
+    alert = Alert.objects.get(pk=alert_id)
     try:
         telegram.send_message(alert.message, chat_id=alert.chat_id)
-    except Exception as exc:  # a failed alert must never break the tick that raised it
-        alert.delivery = Alert.Delivery.FAILED
-        alert.delivery_error = str(exc)[:2000]
-        alert.sent_at = None
+    except telegram.TelegramError as exc:
+        _record_outcome(alert, Alert.Delivery.FAILED, error=str(exc)[:2000])
         logger.error("Alert %s could not be delivered to Telegram: %s", alert.pk, alert.delivery_error)
-    else:
-        alert.delivery = Alert.Delivery.SENT
-        alert.delivery_error = ""
-        alert.sent_at = timezone.now()
-    try:
-        Alert.objects.filter(pk=alert.pk).update(
-            delivery=alert.delivery, delivery_error=alert.delivery_error, sent_at=alert.sent_at
-        )
-    except Exception:  # the database may be the very thing that failed
-        logger.exception("Could not record the delivery outcome of alert %s", alert.pk)
+        raise
+    _record_outcome(alert, Alert.Delivery.SENT, sent_at=timezone.now())
     return alert
+
+
+def _record_outcome(alert: Alert, delivery: str, *, error: str = "", sent_at: datetime | None = None) -> None:
+    alert.delivery, alert.delivery_error, alert.sent_at = delivery, error, sent_at
+    Alert.objects.filter(pk=alert.pk).update(delivery=delivery, delivery_error=error, sent_at=sent_at)
+
+
+def resend_undelivered(now: datetime | None = None) -> int:
+    """Queue again every alert of the last day that is pending, failed, or stuck in a dead worker's hands.
+
+    The periodic sweep (`resend-undelivered-alerts`): alerts whose queueing failed, whose task ran out of
+    retries while Telegram was down, or whose worker died mid-send. Returns how many were queued.
+    """
+    now = now or timezone.now()
+    ids = list(
+        Alert.objects.filter(delivery__in=Alert.UNDELIVERED, created_at__gte=now - SWEEP_MAX_AGE)
+        .filter(Q(attempted_at__isnull=True) | Q(attempted_at__lt=now - SWEEP_QUIET))
+        .exclude(delivery=Alert.Delivery.SENDING, attempted_at__gte=now - CLAIM_TIMEOUT)
+        .order_by("created_at")
+        .values_list("id", flat=True)
+    )
+    return queue_delivery(ids)
 
 
 # --- Message helpers -----------------------------------------------------------------------------------
@@ -211,17 +282,51 @@ def rewarm_message(ip: IP, *, idle_days: int, phase: str, quota: int) -> str:
 # --- Alerts that no plan decision raises ---------------------------------------------------------------
 
 
-def alert_consolidation_failed(
-    error: BaseException | str, *, tenant: Tenant | None = None, when: datetime | None = None
-) -> Alert:
-    """Consolidation raised: the day's figures are not in the daily stats and the tick cannot judge them."""
+def alert_consolidation_failed(error: BaseException | str, *, when: datetime | None = None) -> Alert | None:
+    """Consolidation raised: the day's figures are not in the daily stats and the tick cannot judge them.
+
+    One alert per run: a Celery task's retries keep its id, so a burst of retries is one occurrence;
+    outside a task (the command) each run is one. When the database is what failed, the alert cannot be
+    recorded now: the `warmup.record_alert` task records it once the database is back. Returns the
+    alert, or None when it was raised before or is deferred.
+    """
     text = str(error) or type(error).__name__
+    run = getattr(getattr(current_task, "request", None), "id", None) or uuid.uuid4().hex
     message = (
-        f"{ICONS[Alert.Kind.CONSOLIDATION_FAILED]} Consolidation failed"
-        f"{f' ({tenant.name})' if tenant else ''}: {text}; the daily stats are behind until it succeeds"
+        f"{ICONS[Alert.Kind.CONSOLIDATION_FAILED]} Consolidation failed: {text}; "
+        f"the daily stats are behind until it succeeds"
     )
+    spec = {
+        "kind": Alert.Kind.CONSOLIDATION_FAILED,
+        "tenant": None,
+        "message": message,
+        "figures": {"error": text[:1000], "run": run},
+        "when": when or timezone.now(),
+        "dedup_key": f"consolidation_failed:{run}",
+    }
+    try:
+        return raise_alert(**spec)
+    except DatabaseError:
+        logger.warning("Consolidation failure not recorded (database unavailable); a task will record it")
+    from .tasks import record_alert_task  # the tasks module imports this one
+
+    try:
+        record_alert_task.delay({**spec, "when": spec["when"].isoformat()})
+    except Exception:
+        logger.exception("Could not queue the consolidation failure alert: %s", message)
+    return None
+
+
+def raise_deferred(spec: Mapping) -> Alert | None:
+    """Record an alert that `alert_consolidation_failed` could not record at the time (JSON `spec`)."""
+    tenant = Tenant.objects.filter(pk=spec["tenant"]).first() if spec.get("tenant") else None
     return raise_alert(
-        Alert.Kind.CONSOLIDATION_FAILED, tenant=tenant, message=message, figures={"error": text[:1000]}, when=when
+        Alert.Kind(spec["kind"]),
+        tenant=tenant,
+        message=spec["message"],
+        figures=spec.get("figures"),
+        when=datetime.fromisoformat(spec["when"]),
+        dedup_key=spec.get("dedup_key", ""),
     )
 
 
@@ -233,8 +338,11 @@ def alert_unattributed_spike(
     threshold: int,
     examples: Iterable[str] = (),
     when: datetime | None = None,
-) -> Alert:
-    """Many events could not be credited to an IP (a new IP not entered, a wrong MTA source name...)."""
+) -> Alert | None:
+    """Many events could not be credited to an IP (a new IP not entered, a wrong MTA source name...).
+
+    One alert per tenant and window (`since` is the window's start); None when this window had its alert.
+    """
     sample = ", ".join(list(examples)[:5])
     message = (
         f"{ICONS[Alert.Kind.UNATTRIBUTED_SPIKE]} Unattributed events ({tenant.name}): {count:,} since "
@@ -242,7 +350,14 @@ def alert_unattributed_spike(
         f"once the IPs exist{f'; e.g. {sample}' if sample else ''}"
     )
     figures = {"count": count, "since": since.isoformat(), "threshold": threshold, "examples": sample}
-    return raise_alert(Alert.Kind.UNATTRIBUTED_SPIKE, tenant=tenant, message=message, figures=figures, when=when)
+    return raise_alert(
+        Alert.Kind.UNATTRIBUTED_SPIKE,
+        tenant=tenant,
+        message=message,
+        figures=figures,
+        when=when,
+        dedup_key=f"unattributed_spike:{tenant.pk}:{since.isoformat()}",
+    )
 
 
 def quota_in_force(plan: WarmupPlan, *, to_status: str | None, to_phase: str | None, has_events: bool) -> int:
@@ -263,34 +378,33 @@ def quota_in_force(plan: WarmupPlan, *, to_status: str | None, to_phase: str | N
     return plan.steps[min(max(index, 0), len(plan.steps) - 1)]
 
 
-def check_quota_overruns(day: date, *, when: datetime | None = None) -> list[Alert]:
-    """Alert for every IP whose consolidated `sent` on `day` exceeds its quota by WARMUP_QUOTA_OVERRUN_FACTOR.
+def check_quota_overruns(days: Iterable[date], *, when: datetime | None = None) -> list[Alert]:
+    """Alert for every IP whose consolidated `sent` on one of `days` exceeds its quota by
+    WARMUP_QUOTA_OVERRUN_FACTOR; consolidation calls it for the days it has just written.
 
     Such an IP shows that the MTA is not enforcing the plan. The quota is the one in force that day (from
     the plan's audit events), not today's. Days with a quota of 0 (paused, not started) are left out: the
-    pause takes effect at 01:00, so a little mail before it is expected. Idempotent: an IP-day alerted
-    once is not alerted again. A fixed number of queries whatever the number of IPs.
+    pause takes effect at 01:00, so a little mail before it is expected. An IP-day is alerted once, also
+    when two runs check it at the same moment. A fixed number of queries whatever the number of IPs.
     """
+    days = sorted(set(days))
+    if not days:
+        return []
     factor = settings.WARMUP_QUOTA_OVERRUN_FACTOR
     # Audit events of a date take effect at that date's tick, so they govern the whole day.
-    last_event = AuditEvent.objects.filter(plan=OuterRef("ip__plan"), date__lte=day).order_by(
+    last_event = AuditEvent.objects.filter(plan=OuterRef("ip__plan"), date__lte=OuterRef("date")).order_by(
         "-date", "-created_at", "-id"
     )
     any_event = AuditEvent.objects.filter(plan=OuterRef("ip__plan")).values("id")[:1]
     stats = (
-        DailyStat.objects.filter(date=day, sent__gt=0, ip__plan__isnull=False)
+        DailyStat.objects.filter(date__in=days, sent__gt=0, ip__plan__isnull=False)
         .select_related("ip__plan", "ip__domain", "ip__tenant")
         .annotate(
             event_to_status=Subquery(last_event.values("to_status")[:1]),
             event_to_phase=Subquery(last_event.values("to_phase")[:1]),
             first_event_id=Subquery(any_event),
         )
-        .order_by("ip__address")
-    )
-    already = set(
-        Alert.objects.filter(kind=Alert.Kind.QUOTA_OVERRUN, figures__date=day.isoformat()).values_list(
-            "ip_id", flat=True
-        )
+        .order_by("date", "ip__address")
     )
     alerts = []
     for stat in stats:
@@ -301,16 +415,25 @@ def check_quota_overruns(day: date, *, when: datetime | None = None) -> list[Ale
             to_phase=stat.event_to_phase,
             has_events=stat.first_event_id is not None,
         )
-        if quota <= 0 or stat.sent <= quota * factor or ip.pk in already:
+        if quota <= 0 or stat.sent <= quota * factor:
             continue
+        day = stat.date.isoformat()
         share = stat.sent * 100.0 / quota
         message = (
-            f"{headline(Alert.Kind.QUOTA_OVERRUN, 'Quota overrun', ip)}: sent {stat.sent:,} on {day.isoformat()} "
+            f"{headline(Alert.Kind.QUOTA_OVERRUN, 'Quota overrun', ip)}: sent {stat.sent:,} on {day} "
             f"against a quota of {quota:,} ({share:.0f}%, limit {factor * 100:.0f}%); the MTA is not enforcing "
             f"the plan, check its configuration"
         )
-        figures = {"date": day.isoformat(), "sent": stat.sent, "quota": quota, "percent_of_quota": round(share, 2)}
-        alerts.append(
-            raise_alert(Alert.Kind.QUOTA_OVERRUN, tenant=ip.tenant, ip=ip, message=message, figures=figures, when=when)
+        figures = {"date": day, "sent": stat.sent, "quota": quota, "percent_of_quota": round(share, 2)}
+        alert = raise_alert(
+            Alert.Kind.QUOTA_OVERRUN,
+            tenant=ip.tenant,
+            ip=ip,
+            message=message,
+            figures=figures,
+            when=when,
+            dedup_key=f"quota_overrun:{ip.pk}:{day}",
         )
+        if alert is not None:
+            alerts.append(alert)
     return alerts

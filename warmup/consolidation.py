@@ -24,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -33,6 +34,7 @@ from django.utils import timezone
 from domains.models import IP, Tenant
 from warmup_portal.collector import gc_paused
 
+from . import alerts
 from .counters import COUNTERS, Batch, DatabaseCounterStore, RedisCounterStore, get_store, split_field
 from .models import ConsolidationBatch, CounterCell, DailyStat
 
@@ -48,16 +50,33 @@ class ConsolidationReport:
     ip_days: int = 0  # IP-days added to DailyStat
     increments: int = 0  # sum of the counter values moved
     recovered: int = 0  # batches left by an interrupted run and finished by this one
+    days: set[date] = dataclass_field(default_factory=set)  # the dates of the IP-days written
+    overruns: int = 0  # quota overrun alerts raised for them
 
     def __str__(self) -> str:
         text = f"{self.ip_days} IP-days consolidated ({self.increments} counted)"
-        return text + (f", {self.recovered} interrupted batches recovered" if self.recovered else "")
+        text += f", {self.recovered} interrupted batches recovered" if self.recovered else ""
+        return text + (f", {self.overruns} quota overruns alerted" if self.overruns else "")
 
 
 def consolidate(now: datetime | None = None, store=None) -> ConsolidationReport:
-    """Move every finished IP-day of the counter store into DailyStat; idempotent and exactly-once."""
+    """Move every finished IP-day of the counter store into DailyStat; idempotent and exactly-once.
+
+    Every caller (the scheduled task, `consolidate_stats`, the tick's catch-up) gets the same alerts:
+    a quota overrun for each IP-day written that sent over its quota, and a consolidation failure when
+    it raises (then re-raised, so that a task is retried).
+    """
     now = now or timezone.now()
-    store = store or get_store()
+    try:
+        report = _consolidate(now, store or get_store())
+    except Exception as exc:
+        alerts.alert_consolidation_failed(exc, when=now)
+        raise
+    report.overruns = len(alerts.check_quota_overruns(report.days, when=now))
+    return report
+
+
+def _consolidate(now: datetime, store) -> ConsolidationReport:
     if isinstance(store, RedisCounterStore):
         with _session_lock(), gc_paused():
             return _consolidate_redis(store, now)
@@ -220,6 +239,7 @@ def _add_to_daily_stats(figures: Mapping[tuple[int, date], Mapping[str, int]], r
                 [value for row in chunk for value in row],
             )
     report.ip_days += len(rows)
+    report.days.update(day for _, day in figures)
 
 
 def _ip_zones(ip_ids: Iterable[int]) -> dict[int, str]:

@@ -316,10 +316,14 @@ class Alert(models.Model):
 
     class Delivery(models.TextChoices):
         PENDING = "pending", "Pending"
+        SENDING = "sending", "Sending"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
         NOT_CONFIGURED = "not_configured", "Not configured (logged)"
         DRY_RUN = "dry_run", "Dry run"
+
+    # What the delivery task and the sweep may (re)send; SENDING only once its claim has gone stale.
+    UNDELIVERED = (Delivery.PENDING, Delivery.SENDING, Delivery.FAILED)
 
     tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="alerts")
     ip = models.ForeignKey(IP, null=True, blank=True, on_delete=models.SET_NULL, related_name="alerts")
@@ -331,10 +335,29 @@ class Alert(models.Model):
     delivery_error = models.TextField(blank=True)
     chat_id = models.CharField(max_length=64, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0, help_text="Delivery attempts so far (each may retry).")
+    attempted_at = models.DateTimeField(null=True, blank=True, help_text="When the last delivery attempt began.")
+    dedup_key = models.CharField(
+        max_length=128,
+        blank=True,
+        help_text="Identifies the occurrence (an IP-day's overrun, a failed run, a tenant's hour of dead "
+        "letters): an occurrence is alerted once.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["-created_at"], name="alert_created_idx")]  # recent alerts
+        constraints = [
+            models.UniqueConstraint(fields=["dedup_key"], condition=~models.Q(dedup_key=""), name="alert_unique_dedup")
+        ]
+        indexes = [
+            models.Index(fields=["-created_at"], name="alert_created_idx"),  # recent alerts
+            # The delivery sweep: undelivered alerts of the last day.
+            models.Index(
+                fields=["created_at"],
+                condition=models.Q(delivery__in=["pending", "sending", "failed"]),
+                name="alert_undelivered_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} {self.created_at:%Y-%m-%d %H:%M}"

@@ -26,7 +26,14 @@ TRUNCATION_MARK = "\n… (truncated)"
 
 
 class TelegramError(Exception):
-    """The message could not be delivered; the text says why (status, Telegram's description)."""
+    """The message could not be delivered; the text says why (status, Telegram's description).
+
+    `retryable` is False when a later attempt cannot help (a bad token, an unknown chat, a blocked bot).
+    """
+
+    def __init__(self, message: str, *, retryable: bool = True):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +108,7 @@ def send_message(text: str, *, chat_id: str, config: TelegramConfig | None = Non
                     wait = min(_retry_after(response, default=wait), config.retry_after_max)
                 elif response.status_code < 500:
                     # 400 (chat not found, bad text), 401 (bad token), 403 (bot blocked): retrying won't help.
-                    raise TelegramError(last_error)
+                    raise TelegramError(last_error, retryable=False)
             if attempt < config.max_attempts:
                 logger.info(
                     "Telegram attempt %d/%d failed (%s); retrying in %.1fs",

@@ -263,6 +263,14 @@ TELEGRAM_MAX_ATTEMPTS = env.int("TELEGRAM_MAX_ATTEMPTS", default=3)
 TELEGRAM_RETRY_AFTER_MAX_SECONDS = env.float("TELEGRAM_RETRY_AFTER_MAX_SECONDS", default=30.0)
 # First wait after a connection error or a 5xx, doubled on each further attempt.
 TELEGRAM_RETRY_BACKOFF_SECONDS = env.float("TELEGRAM_RETRY_BACKOFF_SECONDS", default=1.0)
+# Alerts are delivered by a Celery task: when Telegram cannot take one, the task retries this many times,
+# first after ALERT_RETRY_BACKOFF_SECONDS, doubling each time; the sweep re-sends what is left for a day.
+ALERT_DELIVERY_MAX_RETRIES = env.int("ALERT_DELIVERY_MAX_RETRIES", default=5)
+ALERT_RETRY_BACKOFF_SECONDS = env.float("ALERT_RETRY_BACKOFF_SECONDS", default=60.0)
+# An unattributed spike: this many events kept as dead letters for want of an IP (unknown IP or nothing
+# to attribute them by) for one tenant within one window of this many minutes raises one alert.
+UNATTRIBUTED_ALERT_THRESHOLD = env.int("UNATTRIBUTED_ALERT_THRESHOLD", default=100)
+UNATTRIBUTED_ALERT_WINDOW_MINUTES = env.int("UNATTRIBUTED_ALERT_WINDOW_MINUTES", default=60)
 
 # --- Webhooks, retention, metrics ------------------------------------------------------------------
 

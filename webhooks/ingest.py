@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from domains.models import Tenant
 from warmup.counters import GroupKey, RedisCounterStore, StreamedWrites, get_store, provider_for
-from webhooks import metrics
+from webhooks import metrics, spikes
 from webhooks.attribution import Attributor, RedisMessageRefs, get_message_refs
 from webhooks.events import DayOf, NormalisedEvent, count_items, event_key
 from webhooks.models import DeadLetter
@@ -311,6 +311,8 @@ def finish(ctx: TenantContext, batch: Batch, counted: Counted) -> IngestResult:
                 result.unattributed += 1
             else:
                 result.duplicates += 1
+        if result.unattributed:
+            spikes.check(ctx.tenant, _examples(counted.dead))
 
     metrics.count_outcomes(
         batch.source,
@@ -321,6 +323,17 @@ def finish(ctx: TenantContext, batch: Batch, counted: Counted) -> IngestResult:
         rejected=len(result.rejected),
     )
     return result
+
+
+def _examples(dead: Iterable[tuple[NormalisedEvent, str, str]], most: int = 5) -> list[str]:
+    """What the unattributed events named (IP addresses, MTA source names), for the spike alert."""
+    named: dict[str, None] = {}
+    for event, reason, _ in dead:
+        if reason != DeadLetter.Reason.INVALID and (event.ip or event.source_name):
+            named.setdefault(event.ip or event.source_name)
+            if len(named) == most:
+                break
+    return list(named)
 
 
 def _save_dead_letters(tenant: Tenant, letters: list[DeadLetter]) -> set[str]:
