@@ -38,12 +38,13 @@ def pipeline() -> Callable[[object, bytes], dict]:
     """The in-process ingestion of one PowerMTA body for a tenant, as the webhook view runs it: the
     tenant's context from the web process's caches (`webhooks.cache`, subscribed as a web process is),
     then parse, normalise, attribute, de-duplicate and count; returns the response figures."""
-    ingest_body = harness.need("webhooks.powermta_csv", "ingest_body")
+    (ingest,) = harness.need("webhooks.ingest", "ingest")
+    (parse_body,) = harness.need("webhooks.parsers.powermta", "parse_body")
     context_for, start_listening = harness.need("webhooks.cache", "context_for", "start_listening")
     start_listening()
 
     def run(tenant, body):
-        return ingest_body(context_for(tenant), body, CONTENT_TYPE, refuse_foreign=True).as_json()
+        return ingest(context_for(tenant), parse_body(body, CONTENT_TYPE)).as_json()
 
     return run
 

@@ -52,16 +52,12 @@ def counter_store_down(settings):
     """The Redis counter store on a closed port (a real refused connection, not a mock)."""
     import socket
 
-    from warmup import counters
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    counters.get_redis.cache_clear()
     settings.REDIS_URL = f"redis://127.0.0.1:{port}/0"
     settings.WARMUP_COUNTER_BACKEND = "redis"
     yield
-    counters.get_redis.cache_clear()
 
 
 @pytest.fixture

@@ -18,9 +18,9 @@ from warmup.counters import (
     Increment,
     RedisCounterStore,
     day_tag,
-    provider_for,
 )
 from warmup.models import CounterDedupKey
+from webhooks.events import provider_for
 
 DAY = date(2027, 3, 10)
 NOW = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)

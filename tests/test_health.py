@@ -5,8 +5,6 @@ import time
 
 import pytest
 
-from warmup import counters
-
 
 def closed_port() -> int:
     with socket.socket() as sock:
@@ -17,9 +15,7 @@ def closed_port() -> int:
 @pytest.fixture
 def fresh_redis_client():
     """The counter store's Redis client is built once per process: rebuild it for the test's settings."""
-    counters.get_redis.cache_clear()
     yield
-    counters.get_redis.cache_clear()
 
 
 def test_all_ok_with_real_postgresql_and_redis(client, db, settings, redis_client, fresh_redis_client):

@@ -1,13 +1,10 @@
-"""The PowerMTA CSV hot path (`webhooks.powermta_csv`) against the general pipeline it stands in for.
+"""PowerMTA CSV bodies through the one ingestion pipeline (parse, attribute, count), on the real Redis.
 
-Both run on the same generated bodies, each from an empty counter store and no dead letters: the
-answers, every Redis key they write (counts, de-duplication sets, message references) and the dead
-letters must be the same. The bodies mix the usual records with everything that leaves the usual path:
-other types and cases, missing, zero-padded, foreign-format and out-of-range times, unknown, padded,
-absent and malformed IPs, source names, message references only, bounce categories and statuses,
-short rows, quoted commas and newlines, blank lines and rows the csv module refuses. Bodies Arrow's CSV
-reader can read take that reader, the others csv.reader; Arrow's reading is checked against csv.reader's
-field by field at the end.
+Generated bodies mix the usual records with everything off the usual path: other types and cases,
+missing, zero-padded, foreign-format and out-of-range times, unknown, padded, absent and malformed IPs,
+another tenant's IP, source names, message references only, bounce categories and statuses, short rows,
+quoted commas and newlines, blank lines and rows the csv module refuses. Every record gets exactly one
+outcome, and a body posted again counts nothing twice.
 """
 
 from __future__ import annotations
@@ -22,12 +19,10 @@ from hypothesis import strategies as st
 
 from domains.models import IP
 from warmup.counters import get_store
-from webhooks import powermta_csv
 from webhooks.cache import context_for
 from webhooks.ingest import TenantContext, ingest
 from webhooks.models import DeadLetter
-from webhooks.parsers.powermta import CsvLayout, _new_batch, parse_csv
-from webhooks.powermta_csv import _read, _rows, ingest_csv
+from webhooks.parsers.powermta import parse_csv
 
 from .factories import DomainFactory, IPFactory, TenantFactory
 
@@ -97,85 +92,49 @@ def tenant(db, redis_client):
     return tenant
 
 
-def state(redis_client) -> dict:
-    """Everything the pipeline wrote: Redis keys (with their type's contents) and dead letters."""
-    keys = {}
-    for key in redis_client.keys("wp:*"):
-        kind = redis_client.type(key)
-        if kind == b"hash":
-            keys[key] = redis_client.hgetall(key)
-        elif kind == b"set":
-            keys[key] = redis_client.smembers(key)
-        else:
-            keys[key] = kind
-    letters = sorted(
-        DeadLetter.objects.values_list("source", "reason", "error", "event_key", "ip_address").order_by("event_key")
-    )
-    raws = sorted(str(raw) for raw in DeadLetter.objects.values_list("raw", flat=True))
-    return {"keys": keys, "letters": letters, "raws": raws}
+def ingest_csv(ctx: TenantContext, text: str):
+    return ingest(ctx, parse_csv(text))
 
 
-def reset(redis_client) -> None:
-    redis_client.flushdb()
-    DeadLetter.objects.all().delete()
-
-
-def both_paths(tenant, redis_client, text: str) -> tuple[dict, dict, dict]:
-    """The general pipeline's answer and what it wrote, then the hot path's answer (its writes are left in
-    place), each from an empty counter store and no dead letters."""
-    reset(redis_client)
-    general = ingest(TenantContext(tenant), parse_csv(text), refuse_foreign=False).as_json()
-    expected = state(redis_client)
-    reset(redis_client)
-    hot = ingest_csv(TenantContext(tenant), text, refuse_foreign=False).as_json()
-    return general, expected, hot
-
-
-@pytest.mark.parametrize("stream_refs", [2, powermta_csv.STREAM_REFS])
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     rows=st.lists(records, max_size=25),
     drop=st.sets(st.sampled_from(HEADER[1:]), max_size=3),
     extras=st.lists(st.sampled_from(["\n", "d,1795900416\n", '"unterminated,\n', 'd,"a"b",x\n', "\r\n"]), max_size=3),
-    repeat=st.booleans(),
 )
-def test_the_hot_path_writes_and_answers_what_the_general_pipeline_does(
-    tenant, redis_client, monkeypatch, stream_refs, rows, drop, extras, repeat
-):
-    # With references sent ahead every 2 (most bodies stream several writes) and as in production.
-    monkeypatch.setattr(powermta_csv, "STREAM_REFS", stream_refs)
-    header = [name for name in HEADER if name not in drop]
-    text = body_of(rows + rows[:2] if repeat else rows, header, extras)
+def test_every_record_gets_one_outcome_and_a_second_post_counts_nothing(tenant, redis_client, rows, drop, extras):
+    redis_client.flushdb()
+    DeadLetter.objects.all().delete()
+    text = body_of(rows, [name for name in HEADER if name not in drop], extras)
+    records = sum(1 for row in csv.reader(io.StringIO(text, newline="")) if row) - 1 if text.strip() else 0
 
-    general, expected, hot = both_paths(tenant, redis_client, text)
+    first = ingest_csv(TenantContext(tenant), text).as_json()
+    again = ingest_csv(TenantContext(tenant), text).as_json()
 
-    assert hot == general
-    assert state(redis_client) == expected
+    outcomes = first["accepted"] + first["duplicates"] + first["unattributed"] + first["ignored"]
+    assert outcomes + len(first["rejected"]) <= records  # a line the csv module joins to the next is one record
+    assert again["accepted"] == again["unattributed"] == 0
+    assert again["duplicates"] == first["accepted"] + first["duplicates"] + first["unattributed"]
+    assert again["rejected"] == first["rejected"] and again["ignored"] == first["ignored"]
+    letters = DeadLetter.objects.filter(reason__in=["unknown_ip", "unattributed"]).count()
+    assert letters == first["unattributed"]
 
 
-def test_usual_records_take_the_hot_path_without_an_event_object(tenant, redis_client):
+def test_another_tenants_ip_is_an_unknown_ip_of_this_tenant_and_the_rest_counts(tenant, redis_client):
     rows = [
-        {"type": "d", "timeLogged": "1795900416", "rcpt": "u@gmail.com", "dlvSourceIp": "45.123.10.1",
-         "header_Message-Id": "<m1@x>", "header_X-Mw-Campaign-Uid": "c", "header_X-Mw-Subscriber-Uid": "s"},
-        {"type": "b", "timeLogged": "2026-11-28 13:59:34+0000", "rcpt": "v@yahoo.fr", "dlvSourceIp": "45.123.10.2",
-         "bounceCat": "bad-mailbox", "dsnStatus": "5.1.1 (bad mailbox)"},
-        {"type": "r", "timeLogged": "1795900416", "dlvSourceIp": "45.123.10.1"},  # ignored: the general path
-        {"type": "d", "timeLogged": "1795900417", "dlvSourceIp": "9.9.9.9"},  # not the tenant's: general
-    ]  # fmt: skip
-    lines = io.StringIO(body_of(rows, HEADER, []), newline="").readlines()
-    reader = csv.reader(lines)
-    layout = CsvLayout(next(reader))
-    batch = _new_batch(layout, lines)
+        {"type": "d", "timeLogged": "1795900416", "rcpt": "u@gmail.com", "dlvSourceIp": "45.123.10.1"},
+        {"type": "d", "timeLogged": "1795900417", "rcpt": "u@gmail.com", "dlvSourceIp": "9.9.9.9"},
+    ]
+    result = ingest_csv(TenantContext(tenant), body_of(rows, HEADER, [])).as_json()
 
-    read = _read(TenantContext(tenant), *_rows(reader, layout, batch), layout, batch, None)
-    groups, remember, fast = read.groups, read.remember, read.count
-
-    assert fast == 2
-    assert sum(len(keys) for keys in groups.values()) == 2
-    ip1 = IP.objects.get(address="45.123.10.1").pk
-    assert remember == {"mid:m1@x": ip1, "mw:c/s": ip1}
-    assert [event.ip for event in batch.events] == ["9.9.9.9"]
-    assert (batch.records, batch.ignored, batch.rejected) == (4, 1, [])
+    assert (result["accepted"], result["unattributed"]) == (1, 1)
+    (letter,) = DeadLetter.objects.all()
+    assert (letter.tenant, letter.reason, letter.error) == (
+        tenant,
+        "unknown_ip",
+        "dlvSourceIp: 9.9.9.9 is not an IP of this tenant",
+    )
+    assert get_store().read(IP.objects.get(address="9.9.9.9").pk, TenantContext(tenant).day_of(1795900417))["sent"] == 0
 
 
 def test_the_cached_context_of_a_request_counts_the_same(tenant, redis_client):
@@ -185,8 +144,8 @@ def test_the_cached_context_of_a_request_counts_the_same(tenant, redis_client):
         [],
     )
 
-    first = ingest_csv(context_for(tenant), text, refuse_foreign=True).as_json()
-    again = ingest_csv(context_for(tenant), text, refuse_foreign=True).as_json()
+    first = ingest_csv(context_for(tenant), text).as_json()
+    again = ingest_csv(context_for(tenant), text).as_json()
 
     assert (first["accepted"], first["duplicates"]) == (1, 1)
     assert (again["accepted"], again["duplicates"]) == (0, 2)
@@ -203,10 +162,9 @@ def delivered_rows(count: int) -> list[dict]:
     ]  # fmt: skip
 
 
-def test_references_sent_ahead_are_written_and_the_counts_follow(tenant, redis_client, monkeypatch):
-    monkeypatch.setattr(powermta_csv, "STREAM_REFS", 10)
+def test_references_are_written_with_the_counts_even_after_the_scripts_were_flushed(tenant, redis_client):
     ctx = TenantContext(tenant)
-    redis_client.script_flush()  # the counting script is loaded again on the stream's connection
+    redis_client.script_flush()  # the counting script is loaded again inside the pipeline
 
     result = ingest_csv(ctx, body_of(delivered_rows(25), HEADER, []))
 
@@ -217,38 +175,7 @@ def test_references_sent_ahead_are_written_and_the_counts_follow(tenant, redis_c
     assert get_store().read(ip1, ctx.day_of(1795900416))["delivered"] == 25
 
 
-def test_redis_lost_while_references_are_sent_ahead_counts_nothing(tenant, redis_client, monkeypatch, tmp_path):
-    from tests.test_webhooks_redis_down import OwnRedis, free_port
-    from warmup.counters import CounterStoreUnavailable, RedisCounterStore
-    from webhooks.attribution import RedisMessageRefs
-
-    server = OwnRedis(tmp_path, free_port())
-    server.start()
-    client = redis.Redis.from_url(server.url)
-    ctx = TenantContext(tenant)
-    ctx.store, ctx.refs = RedisCounterStore(client), RedisMessageRefs(client)
-    writes = []
-
-    def stop_after_the_first_write(tenant_id, refs):  # the server dies between two writes
-        writes.append(len(refs))
-        if len(writes) == 2:
-            server.stop()
-        return RedisMessageRefs.hash_write(ctx.refs, tenant_id, refs)
-
-    monkeypatch.setattr(ctx.refs, "hash_write", stop_after_the_first_write)
-    monkeypatch.setattr(powermta_csv, "STREAM_REFS", 10)
-    try:
-        with pytest.raises(CounterStoreUnavailable):
-            ingest_csv(ctx, body_of(delivered_rows(25), HEADER, []))
-        server.start()  # its data survived (append-only file): nothing was counted
-        assert client.keys("wp:{ip:*") == []
-    finally:
-        server.stop()
-
-
-def test_a_pooled_connection_closed_by_a_redis_restart_is_replaced_when_references_are_sent(
-    tenant, monkeypatch, tmp_path
-):
+def test_a_pooled_connection_closed_by_a_redis_restart_is_replaced_when_references_are_sent(tenant, tmp_path):
     from tests.test_webhooks_redis_down import OwnRedis, free_port
     from warmup.counters import RedisCounterStore
     from webhooks.attribution import RedisMessageRefs
@@ -258,7 +185,6 @@ def test_a_pooled_connection_closed_by_a_redis_restart_is_replaced_when_referenc
     client = redis.Redis.from_url(server.url)
     ctx = TenantContext(tenant)
     ctx.store, ctx.refs = RedisCounterStore(client), RedisMessageRefs(client)
-    monkeypatch.setattr(powermta_csv, "STREAM_REFS", 10)
     try:
         rows = delivered_rows(30)
         first = ingest_csv(ctx, body_of(rows[:15], HEADER, []))
@@ -271,80 +197,3 @@ def test_a_pooled_connection_closed_by_a_redis_restart_is_replaced_when_referenc
         assert ctx.refs.read(tenant.pk, ["mid:m29@x"]) == {"mid:m29@x": ip1}
     finally:
         server.stop()
-
-
-# --- Arrow's CSV reader (`_columns`) against csv.reader ---------------------------------------------
-
-# Fields with quotes, commas and spaces where RFC 4180 allows them and where it does not: stray quotes,
-# text after a closing quote, a quote in an unquoted field, doubled quotes, an unterminated field.
-odd_fields = st.one_of(
-    st.text(alphabet=st.sampled_from("ab é\t'"), max_size=4),
-    st.lists(st.sampled_from(["a", ",", '""', " ", "\n"]), max_size=4).map(lambda parts: '"' + "".join(parts) + '"'),
-    st.lists(st.sampled_from(['"', "a", " ", '""', ",", "\t", "é"]), max_size=6).map("".join),
-    st.lists(st.sampled_from(['"', "a", "\r", "\n", "\x00"]), max_size=3).map("".join),
-)
-# Mostly as many fields as the header (3), which Arrow reads; other widths it leaves to csv.reader.
-odd_lines = st.one_of(st.lists(odd_fields, min_size=3, max_size=3), st.lists(odd_fields, min_size=1, max_size=4)).map(
-    ",".join
-)
-
-
-@settings(max_examples=400, deadline=None)
-@given(lines=st.lists(odd_lines, max_size=6), final_newline=st.booleans())
-def test_whenever_arrow_reads_a_body_it_reads_the_fields_csv_reader_reads(lines, final_newline):
-    text = "type,timeLogged,rcpt\n" + "\n".join(lines) + ("\n" if final_newline and lines else "")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    layout = CsvLayout(next(reader))
-
-    columns = powermta_csv._columns(text, None, layout)
-
-    if columns is not None:
-        expected = [layout.pick(powermta_csv._padded(row, layout)) for row in reader if row]
-        assert list(zip(*columns, strict=True)) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "why"),
-    [
-        ("type,timeLogged,rcpt\nd,1,a\n\nd,2,b\n", "a blank line"),
-        ('type,timeLogged,rcpt\nd,1,"a\nb"\n', "a record over two lines"),
-        ("type,timeLogged,rcpt\r\nd,1,a\r\n", "carriage returns"),
-        ("type,timeLogged,rcpt\nd,1\n", "a short row"),
-        ("type,timeLogged,rcpt\nd,1,a,extra\n", "a long row"),
-        ("type,timeLogged,rcpt\nd,1,a\x00\n", "a NUL"),
-    ],
-)
-def test_bodies_arrow_might_read_otherwise_go_to_csv_reader(text, why):
-    layout = CsvLayout(next(csv.reader([text.splitlines()[0]])))
-
-    assert powermta_csv._columns(text, None, layout) is None, why
-
-
-def test_invalid_utf8_goes_to_csv_reader_and_counts_the_same(tenant, redis_client):
-    data = body_of(delivered_rows(3), HEADER, []).encode().replace(b"u1@gmail.com", b"u1\xff@gmail.com")
-    layout = CsvLayout(HEADER)
-
-    assert powermta_csv._columns(data.decode("utf-8", "replace"), data, layout) is None
-    assert powermta_csv.ingest_body(TenantContext(tenant), data, "text/csv").accepted == 3
-
-
-def test_records_off_the_usual_path_of_an_arrow_read_body_keep_their_rows_and_lines(tenant, redis_client):
-    rows = [
-        *delivered_rows(2),
-        {"type": "r", "timeLogged": "1795900416", "dlvSourceIp": "45.123.10.1"},  # ignored
-        {"type": "d", "timeLogged": "1795900417", "rcpt": "x@gmail.com", "dlvSourceIp": "8.8.8.8",
-         "dsnDiag": 'smtp;250 2.0.0 OK, "queued"'},  # unknown IP: a dead letter with its row
-        {"type": "d", "timeLogged": "yesterday", "dlvSourceIp": "45.123.10.1"},  # rejected
-        *delivered_rows(3)[2:],
-    ]  # fmt: skip
-    text = body_of(rows, HEADER, [])
-    assert powermta_csv._columns(text, None, CsvLayout(HEADER)) is not None  # this body is Arrow's
-
-    general, expected, hot = both_paths(tenant, redis_client, text)
-
-    assert hot == general
-    assert (hot["accepted"], hot["unattributed"], hot["ignored"], len(hot["rejected"])) == (3, 1, 1, 1)
-    assert hot["rejected"][0]["record"] == 5
-    assert state(redis_client) == expected
-    letter = DeadLetter.objects.get(reason=DeadLetter.Reason.UNKNOWN_IP)
-    assert letter.raw["dsnDiag"] == 'smtp;250 2.0.0 OK, "queued"'

@@ -283,20 +283,16 @@ class ReplyDroppingProxy:
 
 
 def test_a_retried_record_warmup_stats_task_counts_once_when_the_reply_was_lost(ip, settings, redis_client, retries):
-    from warmup import counters
-
-    # Both tries of the counter store (the call and its resend on a new connection) lose their reply, so
-    # that the task fails with CounterStoreUnavailable and Celery retries it.
-    proxy = ReplyDroppingProxy(("127.0.0.1", 6379), drops=2)
+    # Every try of the Redis client (the call and its two retries on a new connection) loses its reply,
+    # so that the task fails with CounterStoreUnavailable and Celery retries it.
+    proxy = ReplyDroppingProxy(("127.0.0.1", 6379), drops=3)
     settings.REDIS_URL = f"redis://127.0.0.1:{proxy.port}/15"
-    counters.get_redis.cache_clear()
     try:
         result = tasks.record_warmup_stats_task.apply((ip.id, {"sent": 40, "delivered": 38}, "2027-03-09"))
     finally:
         proxy.close()
-        counters.get_redis.cache_clear()
 
     assert result.state == "SUCCESS" and result.get()["success"] is True
     counts = get_store().read(ip.id, date(2027, 3, 9))
     assert (counts["sent"], counts["delivered"]) == (40, 38)
-    assert proxy.dropped == 2 and len(retries) == 1  # Redis ran the increment twice, the task twice
+    assert proxy.dropped == 3 and len(retries) == 1  # Redis ran the increment 3 times, the task twice

@@ -60,7 +60,6 @@ class OwnRedis:
 
 
 def reset_clients() -> None:
-    counters.get_redis.cache_clear()
     counters._store.cache_clear()
 
 

@@ -181,6 +181,8 @@ SPECTACULAR_SETTINGS = {
 # --- Counters, broker, Celery --------------------------------------------------------------------
 
 REDIS_URL = env.str("REDIS_URL", default="")
+# REDIS_URL names a node of a Redis Cluster (the client discovers the others).
+REDIS_CLUSTER = env.bool("REDIS_CLUSTER", default=False)
 # "redis" when REDIS_URL is set, else the transactional counter table in the database.
 WARMUP_COUNTER_BACKEND = env.str("WARMUP_COUNTER_BACKEND", default="redis" if REDIS_URL else "database")
 

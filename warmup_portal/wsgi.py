@@ -11,7 +11,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "warmup_portal.settings")
 
 application = get_wsgi_application()
 
-# The URLconf and what its views import (the webhooks' parsers, Apache Arrow: a quarter of a second),
+# The URLconf and what its views import (the webhooks' parsers, the API's serializers),
 # loaded as the worker boots instead of by the first request it serves.
 import_module(settings.ROOT_URLCONF)
 

@@ -26,7 +26,8 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from domains.models import IP, Tenant, normalise_ip
-from warmup.counters import CounterStoreUnavailable, HashWrite, get_redis
+from warmup.counters import CounterStoreUnavailable, HashWrite
+from warmup_portal.redis import get_redis
 from webhooks.models import MessageRef
 
 
@@ -58,16 +59,6 @@ class Attributor:
 
     def ip_for_source_name(self, name: str) -> int | None:
         return self.by_name.get(name) or self.by_name.get(name.lower())
-
-    def owned_elsewhere(self, addresses: Iterable[str]) -> bool:
-        """Whether any of these addresses (not the tenant's) is an IP of another tenant: one query."""
-        canonical = set()
-        for text in addresses:
-            try:
-                canonical.add(normalise_ip(text))
-            except ValueError:
-                continue
-        return bool(canonical) and IP.objects.filter(address__in=canonical).exclude(tenant=self.tenant).exists()
 
 
 def _stored_ref(ref: str) -> str:

@@ -183,7 +183,7 @@ def publish() -> None:
     invalidate()
     if settings.WARMUP_COUNTER_BACKEND != "redis" or not settings.REDIS_URL:
         return  # no process caches anything without Redis
-    from warmup.counters import get_redis
+    from warmup_portal.redis import get_redis
 
     try:
         client = get_redis()

@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from django.conf import settings
 from xxhash import xxh3_128_hexdigest
 
 
@@ -337,3 +338,20 @@ class DayOf:
         if day is None:
             day = self.cached[slot] = datetime.fromtimestamp(slot * 900, self.zone).date()
         return day
+
+
+# --- Mailbox providers ---------------------------------------------------------------------------------
+
+_provider_map: tuple[object, dict[str, str]] = (None, {})
+
+
+def provider_for(recipient_domain: str) -> str:
+    """The mailbox provider of a recipient domain (settings.WARMUP_PROVIDER_DOMAINS), else "other"."""
+    global _provider_map
+    source, mapping = _provider_map
+    # Rebuilt only when the setting is replaced (override_settings in tests); this runs per event.
+    if source is not settings.WARMUP_PROVIDER_DOMAINS:
+        source = settings.WARMUP_PROVIDER_DOMAINS
+        mapping = {domain: provider for provider, domains in source.items() for domain in domains}
+        _provider_map = (source, mapping)
+    return mapping.get(recipient_domain.strip().lower().rstrip("."), "other")

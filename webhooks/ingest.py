@@ -1,20 +1,18 @@
-"""The ingestion pipeline: parsed batch -> attribute -> count (warmup.counters) -> dead letters.
+"""The ingestion pipeline of every source: parsed batch -> attribute -> count (warmup.counters) -> dead letters.
 
-One counter-store call per batch (`count_grouped()`: de-duplicated and counted there, atomically per
-IP-day; with Redis the batch's message references go on the connection that runs the counting script,
-in the same packet, or ahead of it while a PowerMTA CSV body is still read, `webhooks.powermta_csv`),
-one round trip to read the references the batch needs (only for events without an IP or source
-name), one query for the tenant's IPs per request (or per backfill; none with the web processes'
-caches), and dead letters for what cannot be counted: events naming an IP the tenant does not have
-(`unknown_ip`), events nothing attributes (`unattributed`), and invalid records (`invalid`). Dead
-letters are unique per (tenant, event key), so a re-posted unattributed event is kept once, and
+One counter-store call per batch (`count_grouped()`: de-duplicated and counted there by one script,
+atomically; with Redis the batch's message references are written in the same round trip, ahead of the
+counts), one round trip to read the references the batch needs (only for events without an IP or
+source name), one query for the tenant's IPs per request (or per backfill; none with the web
+processes' caches), and dead letters for what cannot be counted: events naming an IP the tenant does
+not have (`unknown_ip`), events nothing attributes (`unattributed`), and invalid records (`invalid`).
+Dead letters are unique per (tenant, event key), so a re-posted unattributed event is kept once, and
 `reprocess_dead_letters` counts it (once, under the same key) after its IP appears.
 
 Order matters for "never a 2xx for an event not durably counted": references and counts are written
 first; if the counter store is unreachable, `CounterStoreUnavailable` propagates and no dead letter
 is written: the sender retries the whole body, and whatever Redis counted before it became unreachable
-(the parts of a batch already run, `RedisCounterStore._run_apply`) is found as duplicates then.
-"""
+(on a cluster, the slots already run) is found as duplicates then."""
 
 from __future__ import annotations
 
@@ -29,10 +27,10 @@ from django.db import transaction
 from django.utils import timezone
 
 from domains.models import Tenant
-from warmup.counters import GroupKey, RedisCounterStore, StreamedWrites, get_store, provider_for
+from warmup.counters import GroupKey, RedisCounterStore, get_store
 from webhooks import metrics, spikes
 from webhooks.attribution import Attributor, RedisMessageRefs, get_message_refs
-from webhooks.events import DayOf, NormalisedEvent, count_items, event_key
+from webhooks.events import DayOf, NormalisedEvent, count_items, event_key, provider_for
 from webhooks.models import DeadLetter
 from webhooks.parsers import Batch, Rejection, kumomta, mailwizz, normalised, powermta
 
@@ -113,54 +111,26 @@ class Counted:
     dead: list[tuple[NormalisedEvent, str, str]] = field(default_factory=list)  # (event, reason, error)
 
 
-@dataclass(slots=True)
-class Attributed:
-    """Events a caller has already attributed and grouped (`webhooks.powermta_csv`), to be counted in
-    the same round trip as the events `count_events` attributes itself."""
-
-    groups: dict[GroupKey, list[str | None]] = field(default_factory=dict)  # as `count_events` builds them
-    count: int = 0  # how many events the groups hold
-    remember: dict[str, int] = field(default_factory=dict)  # references to write with the counts
-    streamed: dict[str, int] = field(default_factory=dict)  # references already sent on `stream`
-    stream: StreamedWrites | None = None  # see `warmup.counters.StreamedWrites`
-    # A reference is remembered for the last record (in the body's order) that names it: for references
-    # that records among the events also named, the number of the last of these records naming it, so
-    # that an earlier event does not overwrite it.
-    refs_after: dict[str, int] = field(default_factory=dict)
-
-
-class ForeignCredentials(Exception):
-    """The body names IPs of another tenant: the sender holds the wrong tenant's token."""
-
-
-def count_events(
-    ctx: TenantContext,
-    events: Sequence[NormalisedEvent],
-    *,
-    refuse_foreign: bool = False,
-    prepared: Attributed | None = None,
-) -> Counted:
-    """Attribute each event to one of the tenant's IPs and count the attributed ones in one round trip,
-    with the events the caller has `prepared` (already attributed and grouped).
+def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Counted:
+    """Attribute each event to one of the tenant's IPs and count the attributed ones in one round trip.
 
     The hot path of ingestion: per event a few dictionary look-ups and one list append, grouping the
     events by what they add (IP, day, provider, counts) for `CounterStore.count_grouped()`. With Redis,
     the message references of the batch go in the same round trip as the counts, written first.
-    Raises CounterStoreUnavailable (nothing counted) when the store or the reference store is down,
-    and, with `refuse_foreign`, ForeignCredentials (nothing counted) when an event names an IP that
-    belongs to another tenant.
+    Raises CounterStoreUnavailable (nothing counted) when the store or the reference store is down. An
+    event naming an IP the tenant does not have (another tenant's included: a token credits only its
+    tenant's IPs, and the answer does not tell whose an address is) is kept as an `unknown_ip` dead letter.
     """
     result = Counted()
-    before = prepared if prepared is not None else Attributed()
     attributor = ctx.attributor
     by_address = attributor.by_address
     tenant_id = ctx.tenant.pk
     attributed = result.counted
     pending: list[NormalisedEvent] = []
-    remember, refs_after = before.remember, before.refs_after
+    remember: dict[str, int] = {}  # references to write with the counts: reference -> IP id
     dead = result.dead
     # What each attributed event adds, grouped: (ip id, day, provider, counts) -> de-duplication keys.
-    groups = before.groups
+    groups: dict[GroupKey, list[str | None]] = {}
     day_of, days = ctx.day_of, ctx.day_of.cached
     provider_of, providers = ctx.provider, ctx.providers
     kinds: dict[tuple[str, str, bool], tuple[tuple[str, int], ...]] = {}
@@ -204,8 +174,7 @@ def count_events(
             continue
         if event.remembers_refs:
             for ref in event.message_refs:
-                if refs_after.get(ref, 0) < event.record:
-                    remember[ref] = ip_id
+                remember[ref] = ip_id  # the last record of the body that names it wins
         # add(event, ip_id), inlined: this runs for every record of every batch.
         at = event.occurred_at
         kind = (event.type, event.bounce_class, event.async_bounce)
@@ -222,16 +191,9 @@ def count_events(
         keys.append(event.key)
         attributed.append(event)
 
-    if refuse_foreign:
-        unknown = {event.ip for event, reason, _ in dead if reason == DeadLetter.Reason.UNKNOWN_IP}
-        if unknown and attributor.owned_elsewhere(unknown):
-            raise ForeignCredentials("these credentials do not cover the IPs this body names")
-
     if pending:
-        streamed = before.streamed
-        wanted = {ref for event in pending for ref in event.message_refs if ref not in remember and ref not in streamed}
+        wanted = {ref for event in pending for ref in event.message_refs if ref not in remember}
         known = ctx.refs.read(tenant_id, wanted) if wanted else {}
-        known.update(streamed)
         known.update(remember)
         for event in pending:
             for ref in event.message_refs:
@@ -251,20 +213,14 @@ def count_events(
         else:
             ctx.refs.write(tenant_id, remember)
     if groups:
-        result.accepted = ctx.store.count_grouped(groups, also, stream=before.stream)
-        result.duplicates = len(attributed) + before.count - result.accepted
+        result.accepted = ctx.store.count_grouped(groups, also)
+        result.duplicates = len(attributed) - result.accepted
     return result
 
 
-def ingest(ctx: TenantContext, batch: Batch, *, refuse_foreign: bool = False) -> IngestResult:
-    """Count a parsed batch for the context's tenant; keep what cannot be counted as dead letters.
-
-    With `refuse_foreign` (webhooks), a batch naming another tenant's IP raises ForeignCredentials and
-    counts nothing: the sender is answered 401 and keeps retrying until it is given the right token, so
-    no event is stranded under the wrong tenant. A backfill, whose operator names the tenant, keeps such
-    records as `unknown_ip` dead letters instead.
-    """
-    return finish(ctx, batch, count_events(ctx, batch.events, refuse_foreign=refuse_foreign))
+def ingest(ctx: TenantContext, batch: Batch) -> IngestResult:
+    """Count a parsed batch for the context's tenant; keep what cannot be counted as dead letters."""
+    return finish(ctx, batch, count_events(ctx, batch.events))
 
 
 def finish(ctx: TenantContext, batch: Batch, counted: Counted) -> IngestResult:
@@ -457,11 +413,9 @@ def _address_or_none(text: str) -> str | None:
 
 
 __all__ = [
-    "ForeignCredentials",
     "IngestResult",
     "Rejection",
     "TenantContext",
-    "Attributed",
     "count_events",
     "finish",
     "ingest",

@@ -25,7 +25,8 @@ import time
 import redis
 from django.conf import settings
 
-from warmup.counters import CounterStoreUnavailable, get_redis
+from warmup.counters import CounterStoreUnavailable
+from warmup_portal.redis import get_redis
 
 WINDOW_SECONDS = 60
 # Kept a little longer than the window, so that a slow clock on one host never resets a live window.

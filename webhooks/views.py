@@ -23,9 +23,9 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from warmup.counters import CounterStoreUnavailable
-from webhooks import cache, powermta_csv, ratelimit
+from webhooks import cache, ratelimit
 from webhooks.auth import AuthenticationFailed, check_signature, token_from_request
-from webhooks.ingest import ForeignCredentials, IngestResult, TenantContext, ingest
+from webhooks.ingest import ingest
 from webhooks.parsers import Batch, UnparseableBody, kumomta, mailwizz, normalised, powermta
 
 logger = logging.getLogger(__name__)
@@ -38,19 +38,7 @@ def _json(status: int, payload: dict, **headers: str) -> HttpResponse:
     return response
 
 
-IngestBody = Callable[..., IngestResult]  # (context, body, content type, *, refuse_foreign) -> result
-
-
-def parsed(parse: Callable[[bytes, str], Batch]) -> IngestBody:
-    """The general ingestion of a body: parse it whole, then attribute and count its events."""
-
-    def ingest_body(ctx: TenantContext, body: bytes, content_type: str, *, refuse_foreign: bool) -> IngestResult:
-        return ingest(ctx, parse(body, content_type), refuse_foreign=refuse_foreign)
-
-    return ingest_body
-
-
-def receive(request: HttpRequest, source: str, ingest_body: IngestBody) -> HttpResponse:
+def receive(request: HttpRequest, source: str, parse: Callable[[bytes, str], Batch]) -> HttpResponse:
     """Authenticate, read, parse, count: the whole of one webhook request."""
     if request.method != "POST":
         return _json(405, {"error": "use POST"}, Allow="POST")
@@ -84,13 +72,11 @@ def receive(request: HttpRequest, source: str, ingest_body: IngestBody) -> HttpR
         return _json(503, {"error": "service unavailable, retry later"}, **{"Retry-After": "30"})
 
     try:
-        result = ingest_body(cache.context_for(tenant), body, request.META.get("CONTENT_TYPE", ""), refuse_foreign=True)
+        result = ingest(cache.context_for(tenant), parse(body, request.META.get("CONTENT_TYPE", "")))
     except UnparseableBody as exc:
         return _json(400, {"error": str(exc)})
     except RecursionError:
         return _json(400, {"error": "body is nested too deeply"})
-    except ForeignCredentials as exc:
-        return _json(401, {"error": str(exc)})
     except CounterStoreUnavailable as exc:
         logger.warning("webhook %s: counter store unavailable: %s", source, exc)
         return _json(503, {"error": "counter store unavailable, nothing counted; retry later"}, **{"Retry-After": "30"})
@@ -109,22 +95,22 @@ def fast_path(view: Callable[[HttpRequest], HttpResponse]) -> Callable[[HttpRequ
 @fast_path
 @csrf_exempt
 def powermta_webhook(request: HttpRequest) -> HttpResponse:
-    return receive(request, powermta.SOURCE, powermta_csv.ingest_body)
+    return receive(request, powermta.SOURCE, powermta.parse_body)
 
 
 @fast_path
 @csrf_exempt
 def kumomta_webhook(request: HttpRequest) -> HttpResponse:
-    return receive(request, kumomta.SOURCE, parsed(kumomta.parse_body))
+    return receive(request, kumomta.SOURCE, kumomta.parse_body)
 
 
 @fast_path
 @csrf_exempt
 def mailwizz_webhook(request: HttpRequest) -> HttpResponse:
-    return receive(request, mailwizz.SOURCE, parsed(mailwizz.parse_body))
+    return receive(request, mailwizz.SOURCE, mailwizz.parse_body)
 
 
 @fast_path
 @csrf_exempt
 def events_webhook(request: HttpRequest) -> HttpResponse:
-    return receive(request, normalised.SOURCE, parsed(normalised.parse_body))
+    return receive(request, normalised.SOURCE, normalised.parse_body)

@@ -1,0 +1,84 @@
+"""The counter store: per IP, per day, per mailbox provider counts, de-duplicated and atomic per IP-day.
+
+Two backends behind one interface (PRODUCT.md sections 3 and 6):
+
+- `RedisCounterStore` (production): one hash per IP-day, key ``wp:{ip:<id>:<YYYY-MM-DD>}:c``, with a field
+  per counter and provider (``sent:gmail``). The braces are a Redis Cluster hash tag, so an IP-day, the
+  set of the de-duplication keys of the events counted into it (``...}:d``, expiring
+  WEBHOOK_DEDUP_TTL_DAYS after its last write) and the batches consolidation renames it to
+  (``...}:b:<uuid>``) share one slot. A batch of increments is de-duplicated and counted by a Lua
+  script, each IP-day atomically: one round trip on a single node, one per slot group on a cluster.
+  The ingestion pipeline's batches send their IP-days in parts, a script call each, all read in that
+  one round trip (`RedisCounterStore._run_apply`). An index set lists the IP-days that hold counts, so
+  consolidation never has to SCAN.
+- `DatabaseCounterStore` (the embedded default): `CounterCell` rows (ip, date, ``counter:provider``) and
+  `CounterDedupKey` rows, written in one transaction per batch with upserts, so that several processes
+  sum exactly.
+
+Consolidation (`consolidation.py`) moves finished days into `DailyStat`; it uses the storage primitives at
+the end of each class (pending IP-days, claiming, reading and forgetting batches).
+
+This is the webhooks' hot path. `count_grouped()` takes a batch already grouped by what its events add
+(the ingestion pipeline builds the groups as it attributes, a dictionary append per event), so this
+side does no per-event work but joining the keys; the script de-duplicates an IP-day's keys with two set
+commands (`SMISMEMBER`, `SADD`), not a command per event, and adds each group's total once per field
+(`HINCRBY` per IP-day and field, not per event). `apply()` (the interface for everyone else) groups its
+increments and runs the same script.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from django.conf import settings
+
+from .database import DatabaseCounterStore
+from .interface import (
+    COUNTERS,
+    PROVIDERS,
+    Batch,
+    CounterStore,
+    CounterStoreUnavailable,
+    GroupKey,
+    HashWrite,
+    Increment,
+    group_increments,
+    split_field,
+    totals,
+)
+from .redis import INDEX_KEY, RedisCounterStore, day_tag, parse_day_key
+
+
+@cache
+def _store(backend: str, redis_url: str) -> CounterStore:
+    if backend == "redis":
+        return RedisCounterStore()
+    if backend == "database":
+        return DatabaseCounterStore()
+    raise ValueError(f"WARMUP_COUNTER_BACKEND must be 'redis' or 'database', not {backend!r}")
+
+
+def get_store() -> CounterStore:
+    """The counter store chosen by settings.WARMUP_COUNTER_BACKEND, built once (per Redis URL)."""
+    return _store(settings.WARMUP_COUNTER_BACKEND, settings.REDIS_URL)
+
+
+__all__ = [
+    "COUNTERS",
+    "INDEX_KEY",
+    "PROVIDERS",
+    "Batch",
+    "CounterStore",
+    "CounterStoreUnavailable",
+    "DatabaseCounterStore",
+    "GroupKey",
+    "HashWrite",
+    "Increment",
+    "RedisCounterStore",
+    "day_tag",
+    "get_store",
+    "group_increments",
+    "parse_day_key",
+    "split_field",
+    "totals",
+]

@@ -1,0 +1,133 @@
+-- KEYS: per IP-day of the batch, its counts hash then its de-duplication set; then (single node) the
+-- index key. ARGV[1] = de-duplication TTL in seconds, ARGV[2] = position of the index key in KEYS (0:
+-- none), ARGV[3] = what the groups add, as JSON: [[field, amount, field, amount ...], ...] (a batch
+-- repeats a few dozen of these), ARGV[4] = the groups as one flat JSON array of numbers, four per group:
+-- IP-day number, what it adds (position in ARGV[3]), events without a de-duplication key, events with
+-- one; the groups of an IP-day next to each other. ARGV[5] = per IP-day, how its de-duplication keys
+-- are cut (JSON array: a width, or the list of their lengths); ARGV[6] = per IP-day, what its groups add
+-- when none of its events is a duplicate: [[field, amount, field, amount ...], ...] (JSON); ARGV[6 + n] =
+-- the keys of IP-day n in the order of its groups, end to end (`_members`: a digest as its 16 bytes).
+-- A few strings rather than thousands of arguments: packing, sending and reading many arguments costs
+-- redis-py and Redis more than decoding costs the script.
+-- De-duplication is two commands per IP-day, whatever the number of its events: SMISMEMBER tells which
+-- keys the day's set already holds, SADD adds them. When SADD adds every key, none was known and none
+-- is repeated: the IP-day adds what ARGV[6] says, and neither the groups nor the keys are looked at one
+-- by one (the usual case). Otherwise a key already known is a duplicate, and so is the second occurrence
+-- of a key repeated within the batch; the IP-day's groups are then summed here without their
+-- duplicates. A single key needs the SADD alone. The set's expiry is renewed with each batch, so a key
+-- is remembered at least the TTL. Each field of an IP-day gets one HINCRBY per batch (Lua numbers are
+-- doubles: exact below 2^53), and the IP-days counted go to the index in one SADD.
+-- Returns, per group with duplicates, {its number, 1-based positions among its keys of the duplicates ...}.
+local ttl = ARGV[1]
+local index = tonumber(ARGV[2])
+local widths = cjson.decode(ARGV[5])
+local sums_of = cjson.decode(ARGV[6])
+local adds, groups, first_group = nil, nil, nil
+local CHUNK = 4000
+local found = {}
+local touched = {}
+for h = 1, #widths do
+  local width = widths[h]
+  local packed = ARGV[6 + h]
+  local keys = {}
+  local k = 0
+  if type(width) == 'number' then
+    for first = 1, #packed, width do
+      k = k + 1
+      keys[k] = string.sub(packed, first, first + width - 1)
+    end
+  else
+    local first = 1
+    for _, length in ipairs(width) do
+      k = k + 1
+      keys[k] = string.sub(packed, first, first + length - 1)
+      first = first + length
+    end
+  end
+  local n = #keys
+  local set = KEYS[2 * h]
+  local flags = nil -- per key, 1 for a duplicate; nil: no duplicate
+  if n == 1 then
+    if redis.call('SADD', set, keys[1]) == 0 then
+      flags = {1}
+    end
+    redis.call('EXPIRE', set, ttl)
+  elseif n > 1 then
+    local added = 0
+    local known = {}
+    for first = 1, n, CHUNK do
+      local upto = math.min(first + CHUNK - 1, n)
+      known[#known + 1] = redis.call('SMISMEMBER', set, unpack(keys, first, upto))
+      added = added + redis.call('SADD', set, unpack(keys, first, upto))
+    end
+    redis.call('EXPIRE', set, ttl)
+    if added < n then
+      flags = {}
+      local seen = {}
+      local i = 0
+      for _, part in ipairs(known) do
+        for j = 1, #part do
+          i = i + 1
+          local flag = part[j]
+          if flag == 0 then
+            if seen[keys[i]] then flag = 1 else seen[keys[i]] = true end
+          end
+          flags[i] = flag
+        end
+      end
+    end
+  end
+  local sums = sums_of[h]
+  if flags then
+    -- The IP-day's sums, group by group, without the duplicates.
+    if groups == nil then
+      adds, groups = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
+      first_group = {}
+      for j = #groups - 3, 1, -4 do
+        first_group[groups[j]] = j
+      end
+    end
+    local totals = {}
+    local offset = 0
+    local j = first_group[h]
+    while j <= #groups and groups[j] == h do
+      local fields, counted, keyed = adds[groups[j + 1]], groups[j + 2], groups[j + 3]
+      local result = {(j + 3) / 4}
+      for i = 1, keyed do
+        if flags[offset + i] == 0 then
+          counted = counted + 1
+        else
+          result[#result + 1] = i
+        end
+      end
+      offset = offset + keyed
+      if #result > 1 then
+        found[#found + 1] = result
+      end
+      if counted > 0 then
+        for f = 1, #fields, 2 do
+          totals[fields[f]] = (totals[fields[f]] or 0) + fields[f + 1] * counted
+        end
+      end
+      j = j + 4
+    end
+    sums = {}
+    for field, amount in pairs(totals) do
+      sums[#sums + 1] = field
+      sums[#sums + 1] = amount
+    end
+  end
+  local counts = KEYS[2 * h - 1]
+  for f = 1, #sums, 2 do
+    redis.call('HINCRBY', counts, sums[f], sums[f + 1])
+  end
+  if #sums > 0 then
+    touched[#touched + 1] = counts
+  end
+end
+if index > 0 then
+  for first = 1, #touched, CHUNK do
+    redis.call('SADD', KEYS[index], unpack(touched, first, math.min(first + CHUNK - 1, #touched)))
+  end
+end
+return found

@@ -1,0 +1,145 @@
+"""The counter store's interface and what both backends share: increments, groups, fields, errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from functools import lru_cache
+
+from ..models import DailyStat
+
+COUNTERS: tuple[str, ...] = DailyStat.COUNTERS
+PROVIDERS: tuple[str, ...] = ("gmail", "microsoft", "yahoo", "apple", "other")
+_COUNTER_SET = frozenset(COUNTERS)
+_PROVIDER_SET = frozenset(PROVIDERS)
+
+
+@dataclass(frozen=True, slots=True)
+class Increment:
+    """Counts to add to one IP's day (a date in its tenant's zone) for one mailbox provider."""
+
+    ip_id: int
+    day: date
+    counts: Mapping[str, int]
+    provider: str = "other"
+    dedup_key: str | None = None  # None: always counted
+
+
+# A group of events that add the same counts to the same IP-day hash field set:
+# (ip id, day, provider, counts as sorted (counter, amount) pairs).
+GroupKey = tuple[int, date, str, tuple[tuple[str, int], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class HashWrite:
+    """Fields set in one Redis hash, with an expiry, in the same round trip as a batch's counts.
+
+    The ingestion pipeline's message references: written in the round trip of the counts they came with.
+    `fields` is flat: field, value, field, value ...
+    """
+
+    key: str
+    fields: Sequence[str | int]
+    ttl: int
+
+
+class CounterStoreUnavailable(Exception):
+    """The counter store cannot be reached; nothing of the batch was counted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """An IP-day's counts set aside by consolidation under its own key, waiting to reach `DailyStat`."""
+
+    batch_id: str
+    ip_id: int
+    day: date
+
+
+def split_field(field: str) -> tuple[str, str]:
+    """``"sent:gmail"`` -> ``("sent", "gmail")``."""
+    counter, _, provider = field.partition(":")
+    return counter, provider or "other"
+
+
+def totals(fields: Mapping[str, int]) -> dict[str, int]:
+    """Every counter's total over the providers (zero when absent)."""
+    result = dict.fromkeys(COUNTERS, 0)
+    for field, value in fields.items():
+        counter, _ = split_field(field)
+        if counter in result:
+            result[counter] += int(value)
+    return result
+
+
+def group_increments(increments: Sequence[Increment]) -> tuple[dict[GroupKey, list[str | None]], list[tuple]]:
+    """Increments as `count_grouped()` groups, and where each increment went: (group key, position)."""
+    groups: dict[GroupKey, list[str | None]] = {}
+    places = []
+    for inc in increments:
+        check_increment(inc)  # here, not per group: 1 and True are the same group key
+        key = (inc.ip_id, inc.day, inc.provider, tuple(sorted(inc.counts.items())))
+        keys = groups.get(key)
+        if keys is None:
+            keys = groups[key] = []
+        places.append((key, len(keys)))
+        keys.append(inc.dedup_key)
+    return groups, places
+
+
+@lru_cache(maxsize=4096)
+def _fields_of(provider: str, counts: tuple[tuple[str, int], ...]) -> tuple[str | int, ...]:
+    """The hash fields and amounts of a group, checked once (batches repeat a few combinations)."""
+    check_increment(Increment(0, date.min, dict(counts), provider))
+    fields: list[str | int] = []
+    for name, value in counts:
+        fields += (f"{name}:{provider}", value)
+    return tuple(fields)
+
+
+def check_increment(inc: Increment) -> None:
+    """ValueError naming the problem when an increment names an unknown counter or provider."""
+    unknown = set(inc.counts) - _COUNTER_SET
+    if unknown:
+        raise ValueError(f"unknown counter {sorted(unknown)[0]!r} (expected one of {', '.join(COUNTERS)})")
+    if inc.provider not in _PROVIDER_SET:
+        raise ValueError(f"unknown provider {inc.provider!r} (expected one of {', '.join(PROVIDERS)})")
+    for name, value in inc.counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative whole number, not {value!r}")
+
+
+class CounterStore:
+    """What both backends offer; see the module docstring."""
+
+    def apply(self, increments: Sequence[Increment]) -> list[bool]:
+        """De-duplicate and count a batch atomically; True = counted, False = duplicate."""
+        raise NotImplementedError
+
+    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None = None) -> int:
+        """`apply()` for a batch grouped by what its events add: each group's de-duplication keys (None:
+        always counted). Atomic per IP-day at least (the whole batch on a single Redis node); returns how
+        many were counted (the rest were duplicates). `also` (Redis only) is written in the same round
+        trip, before anything is counted.
+        """
+        if also is not None:
+            raise ValueError(f"{type(self).__name__} writes no Redis hash")
+        increments = [
+            Increment(ip_id, day, dict(items), provider, dedup_key)
+            for (ip_id, day, provider, items), keys in groups.items()
+            for dedup_key in keys
+        ]
+        return sum(self.apply(increments))
+
+    def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
+        """Live "sent" of several IP-days, in one round trip."""
+        raise NotImplementedError
+
+    def read(self, ip_id: int, day: date) -> dict[str, int]:
+        """Live totals of one IP-day (every counter, zero when absent)."""
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        """Raise CounterStoreUnavailable when the store cannot be reached."""
+        raise NotImplementedError

@@ -1,0 +1,341 @@
+"""The Redis counter store (production); see the package docstring for the key layout.
+
+The scripts are the .lua files beside this module: `apply.lua` de-duplicates and counts a batch, each
+IP-day atomically; `claim.lua` sets IP-days aside for consolidation.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, timedelta
+from functools import wraps
+from pathlib import Path
+
+import redis
+from django.conf import settings
+
+from warmup_portal.redis import get_redis
+
+from .interface import (
+    PROVIDERS,
+    Batch,
+    CounterStore,
+    CounterStoreUnavailable,
+    GroupKey,
+    HashWrite,
+    Increment,
+    _fields_of,
+    group_increments,
+    totals,
+)
+
+INDEX_KEY = "wp:index:ipdays"  # IP-days holding counts (members are their hash keys)
+IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and not yet forgotten
+
+_APPLY_LUA = (Path(__file__).parent / "apply.lua").read_text()
+_CLAIM_LUA = (Path(__file__).parent / "claim.lua").read_text()
+
+# ASCII-only JSON (the default): every byte sent is ASCII, and the script's cjson decodes the escapes.
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _from_hex(text: str) -> bytes | None:
+    """The bytes that lower-case hex digits spell (`bytes.hex()` gives `text` back); None otherwise."""
+    try:
+        data = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return data if data.hex() == text else None
+
+
+def _member(key: str) -> bytes:
+    """A de-duplication key as its set holds it: a digest (32 lower-case hex digits, `event_key`) as
+    its 16 bytes, which halves what the sets hold and what Redis hashes and compares; any other key as
+    its UTF-8 text."""
+    digest = _from_hex(key) if len(key) == 32 else None
+    return digest if digest is not None else key.encode("utf-8", "surrogatepass")
+
+
+def _members(keys: list[str]) -> tuple[int | list[int], bytes]:
+    """An IP-day's de-duplication keys as `_APPLY_LUA` takes them: (their width, or the list of their
+    lengths; the `_member`s end to end)."""
+    if keys and all(len(key) == 32 for key in keys):
+        # The usual IP-day: digests only, turned into bytes in one call.
+        digests = _from_hex("".join(keys))
+        if digests is not None:
+            return 16, digests
+    members = [_member(key) for key in keys]
+    lengths = [len(member) for member in members]
+    if lengths and lengths[0] and lengths.count(lengths[0]) == len(lengths):
+        return lengths[0], b"".join(members)
+    return lengths, b"".join(members)
+
+
+def _ip_day_of(item: tuple[GroupKey, Sequence[str | None]]) -> tuple[int, date]:
+    return item[0][:2]
+
+
+def day_tag(ip_id: int, day: date) -> str:
+    """The common prefix, hash tag included, of every key of one IP-day."""
+    return f"wp:{{ip:{ip_id}:{day.isoformat()}}}"
+
+
+def parse_day_key(key: str) -> tuple[int, date, str]:
+    """``wp:{ip:7:2026-01-02}:b:<id>`` -> (7, date(2026, 1, 2), ":b:<id>")."""
+    tag, _, rest = key.partition("}")
+    ip_id, day = tag.removeprefix("wp:{ip:").split(":")
+    return int(ip_id), date.fromisoformat(day), rest
+
+
+def _redis_reachable(method):
+    """Turn Redis connection failures into CounterStoreUnavailable, which callers answer or retry on."""
+
+    @wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
+
+    return wrapper
+
+
+class RedisCounterStore(CounterStore):
+    """Counters in Redis hashes; see the module docstring for the key layout."""
+
+    def __init__(self, client: redis.Redis | None = None):
+        self.client = client if client is not None else get_redis()
+        self.cluster = isinstance(self.client, redis.RedisCluster)
+        self._apply_script = self.client.register_script(_APPLY_LUA)
+        self._claim_script = self.client.register_script(_CLAIM_LUA)
+        self._ttl = int(timedelta(days=settings.WEBHOOK_DEDUP_TTL_DAYS).total_seconds())
+
+    @_redis_reachable
+    def apply(self, increments: Sequence[Increment]) -> list[bool]:
+        if not increments:
+            return []
+        groups, places = group_increments(increments)
+        duplicates = self._count(groups)
+        return [(place not in duplicates) for place in places]
+
+    @_redis_reachable
+    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None = None) -> int:
+        return sum(len(keys) for keys in groups.values()) - len(self._count(groups, also))
+
+    def _count(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None = None) -> set[tuple]:
+        """Write `also`, then de-duplicate and count the groups; the duplicates as (group key, position).
+
+        On a single node: one script call for the whole batch (atomic), `also` pipelined ahead of it in
+        the same round trip. On a cluster: `also` first (a batch whose references cannot be written is not
+        counted), then one script call per hash slot (a script may only touch keys of one slot), then
+        the index, written after the counts so that consolidation, which removes an index entry before
+        renaming the hash, never loses an IP-day.
+        """
+        if not self.cluster:
+            keys, args, context = self._encode_apply(list(groups.items()), with_index=True)
+            return self._decode_apply(context, self._run_script(keys, args, also), touched=None)
+        if also is not None:
+            self._write(also)
+        by_slot: dict[int, list] = defaultdict(list)
+        for item in groups.items():
+            ip_id, day = item[0][:2]
+            by_slot[self.client.keyslot(day_tag(ip_id, day))].append(item)
+        duplicates: set[tuple] = set()
+        touched: set[str] = set()
+        for items in by_slot.values():
+            keys, args, context = self._encode_apply(items, with_index=False)
+            duplicates |= self._decode_apply(context, self._apply_script(keys=keys, args=args), touched=touched)
+        if touched:
+            self.client.sadd(INDEX_KEY, *touched)
+        return duplicates
+
+    def _run_script(self, keys: list, args: list, also: HashWrite | None):
+        """The counting script's reply, `also` written ahead of it in the same round trip."""
+        if also is None:
+            return self._apply_script(keys=keys, args=args)
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hset(also.key, items=list(also.fields))
+            pipe.expire(also.key, also.ttl)
+            pipe.evalsha(self._apply_script.sha, len(keys), *keys, *args)
+            try:
+                return pipe.execute()[-1]
+            except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts: load, again
+                if attempt == 2:
+                    raise
+                self._apply_script.sha = self.client.script_load(_APPLY_LUA)
+
+    def _write(self, also: HashWrite) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(also.key, items=list(also.fields))
+        pipe.expire(also.key, also.ttl)
+        pipe.execute()
+
+    def _encode_apply(self, items: list, with_index: bool) -> tuple[list[str], list, tuple]:
+        """The keys and arguments of one `_APPLY_LUA` call for `items` (sorted by IP-day), and what
+        `_decode_apply` needs to read its reply."""
+        items.sort(key=_ip_day_of)  # the script wants the groups of an IP-day next to each other
+        keys: list[str] = []
+        hashes: dict[tuple[int, date], int] = {}
+        adds: list[tuple[str | int, ...]] = []  # what groups add (field, amount ...); groups name it by position
+        encoded: list[int] = []  # four numbers per group, see _APPLY_LUA
+        day_keys: list[list[str]] = []  # per IP-day, the de-duplication keys of its groups in order
+        day_sums: list[dict[str, int]] = []  # per IP-day, what its groups add if none is a duplicate
+        keyed_positions: dict[int, list[int]] = {}  # groups with unkeyed events: where their keys are
+        kinds: dict[tuple, tuple] = {}  # (provider, counts) -> (its number in `adds`, (field, amount) pairs)
+        for number, (key, dedup_keys) in enumerate(items):
+            ip_id, day, provider, counts = key
+            kind = kinds.get((provider, counts))
+            if kind is None:
+                fields = _fields_of(provider, counts)
+                adds.append(fields)
+                kind = kinds[(provider, counts)] = (len(adds), tuple(zip(fields[::2], fields[1::2], strict=True)))
+            adding, pairs = kind
+            position = hashes.get((ip_id, day))
+            if position is None:
+                tag = day_tag(ip_id, day)
+                keys += (tag + ":c", tag + ":d")
+                day_keys.append([])
+                day_sums.append({})
+                position = hashes[(ip_id, day)] = len(day_keys)
+            sums, events = day_sums[position - 1], len(dedup_keys)
+            for field, amount in pairs:
+                sums[field] = sums.get(field, 0) + amount * events
+            unkeyed = 0
+            if None in dedup_keys:
+                keyed_positions[number] = [i for i, k in enumerate(dedup_keys) if k is not None]
+                unkeyed = len(dedup_keys) - len(keyed_positions[number])
+                dedup_keys = [k for k in dedup_keys if k is not None]
+            encoded += (position, adding, unkeyed, len(dedup_keys))
+            day_keys[position - 1] += dedup_keys
+        widths, packed = [], []
+        for dedup_keys in day_keys:
+            width, members = _members(dedup_keys)
+            widths.append(width)
+            packed.append(members)
+        index = 0
+        if with_index:
+            keys.append(INDEX_KEY)
+            index = len(keys)
+        flat_sums = [[item for pair in sums.items() for item in pair] for sums in day_sums]
+        args = [self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(widths), _dumps(flat_sums), *packed]
+        return keys, args, (items, keys, keyed_positions, hashes)
+
+    @staticmethod
+    def _decode_apply(context: tuple, replies: list, touched: set[str] | None) -> set[tuple]:
+        """The duplicates a call of the script answered, as (group key, position in the group); without
+        the index (`touched` given), the hashes it counted into are added to `touched`."""
+        items, keys, keyed_positions, hashes = context
+        duplicates: set[tuple] = set()
+        found_in: dict[int, int] = {}  # group number -> its duplicates
+        for number, *found in replies:
+            key = items[number - 1][0]
+            places = keyed_positions.get(number - 1)
+            duplicates.update((key, places[n - 1] if places else n - 1) for n in found)
+            found_in[number - 1] = len(found)
+        if touched is not None:
+            for number, (key, dedup_keys) in enumerate(items):
+                if len(dedup_keys) > found_in.get(number, 0):
+                    touched.add(keys[2 * hashes[key[:2]] - 2])
+        return duplicates
+
+    @_redis_reachable
+    def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
+        if not keys:
+            return {}
+        fields = [f"sent:{provider}" for provider in PROVIDERS]
+        pipe = self.client.pipeline(transaction=False)
+        for ip_id, day in keys:
+            pipe.hmget(day_tag(ip_id, day) + ":c", fields)
+        replies = pipe.execute()
+        return {key: sum(int(v) for v in values if v is not None) for key, values in zip(keys, replies, strict=True)}
+
+    def read(self, ip_id: int, day: date) -> dict[str, int]:
+        return totals(self.read_fields(ip_id, day))
+
+    @_redis_reachable
+    def read_fields(self, ip_id: int, day: date) -> dict[str, int]:
+        """Live figures of one IP-day per ``counter:provider`` field."""
+        raw = self.client.hgetall(day_tag(ip_id, day) + ":c")
+        return {field.decode(): int(value) for field, value in raw.items()}
+
+    @_redis_reachable
+    def ping(self) -> None:
+        self.client.ping()
+
+    # --- Consolidation primitives (used by consolidation.py) ----------------------------------------
+
+    @_redis_reachable
+    def pending_ip_days(self) -> list[tuple[int, date]]:
+        """IP-days that may hold counts (from the index; no SCAN)."""
+        return [parse_day_key(member.decode())[:2] for member in self.client.smembers(INDEX_KEY)]
+
+    @_redis_reachable
+    def in_flight(self) -> list[Batch]:
+        """Batches set aside by an earlier run that did not finish (killed, or failed)."""
+        batches = []
+        for member in self.client.smembers(IN_FLIGHT_KEY):
+            ip_id, day, rest = parse_day_key(member.decode())
+            batches.append(Batch(rest.removeprefix(":b:"), ip_id, day))
+        return batches
+
+    @_redis_reachable
+    def claim(self, ip_days: Iterable[tuple[int, date]], chunk: int = 1000) -> list[Batch]:
+        """Rename each IP-day's hash to a new batch key and record the batch; returns the batches."""
+        pairs = [(day_tag(ip_id, day), uuid.uuid4().hex) for ip_id, day in ip_days]
+        claimed: list[bytes] = []
+        if self.cluster:
+            claimed = self._claim_on_cluster(pairs)
+        else:
+            for start in range(0, len(pairs), chunk):
+                keys = [INDEX_KEY, IN_FLIGHT_KEY]
+                for tag, batch_id in pairs[start : start + chunk]:
+                    keys += (tag + ":c", f"{tag}:b:{batch_id}")
+                claimed += self._claim_script(keys=keys)
+        batches = []
+        for key in claimed:
+            ip_id, day, rest = parse_day_key(key.decode() if isinstance(key, bytes) else key)
+            batches.append(Batch(rest.removeprefix(":b:"), ip_id, day))
+        return batches
+
+    def _claim_on_cluster(self, pairs: list[tuple[str, str]]) -> list[str]:
+        # Without a cross-slot script: record the batches first (a recorded batch whose hash did not
+        # exist reads as empty), drop the index entries, then rename slot by slot.
+        batch_keys = [f"{tag}:b:{batch_id}" for tag, batch_id in pairs]
+        self.client.sadd(IN_FLIGHT_KEY, *batch_keys)
+        self.client.srem(INDEX_KEY, *[tag + ":c" for tag, _ in pairs])
+        claimed = []
+        for (tag, _), batch_key in zip(pairs, batch_keys, strict=True):
+            try:
+                self.client.rename(tag + ":c", batch_key)
+                claimed.append(batch_key)
+            except redis.ResponseError:  # no such key: nothing arrived for that IP-day
+                self.client.srem(IN_FLIGHT_KEY, batch_key)
+        return claimed
+
+    @_redis_reachable
+    def read_batches(self, batches: Sequence[Batch]) -> list[dict[str, int]]:
+        """Each batch's figures per ``counter:provider`` field, in one pipelined round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for batch in batches:
+            pipe.hgetall(self.batch_key(batch))
+        return [{field.decode(): int(value) for field, value in raw.items()} for raw in pipe.execute()]
+
+    @_redis_reachable
+    def forget_batches(self, batches: Sequence[Batch]) -> None:
+        """Delete batches that have reached `DailyStat`."""
+        if not batches:
+            return
+        keys = [self.batch_key(batch) for batch in batches]
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.delete(key)
+        pipe.srem(IN_FLIGHT_KEY, *keys)
+        pipe.execute()
+
+    @staticmethod
+    def batch_key(batch: Batch) -> str:
+        return f"{day_tag(batch.ip_id, batch.day)}:b:{batch.batch_id}"
