@@ -36,12 +36,11 @@ def setup_tenant(ip_count: int = IP_COUNT):
 
 def pipeline() -> Callable[[object, bytes], dict]:
     """The in-process ingestion of one PowerMTA body for a tenant, as the webhook view runs it: the
-    tenant's context from the web process's caches (`webhooks.cache`, subscribed as a web process is),
+    tenant's context from the web process's caches (`webhooks.cache`),
     then parse, normalise, attribute, de-duplicate and count; returns the response figures."""
     ingest = harness.need("webhooks.ingest", "ingest")
     parse_body = harness.need("webhooks.parsers.powermta", "parse_body")
-    context_for, start_listening = harness.need("webhooks.cache", "context_for", "start_listening")
-    start_listening()
+    context_for = harness.need("webhooks.cache", "context_for")
 
     def run(tenant, body):
         return ingest(context_for(tenant), parse_body(body, CONTENT_TYPE)).as_json()

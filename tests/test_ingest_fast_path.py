@@ -1,5 +1,5 @@
-"""The CSV ingestion hot path's own parts: grouped counting with references in the same round trip, the
-daily reference hashes, the minute cache of PowerMTA times, and the garbage-collector pause."""
+"""The counting pipeline's own parts: grouped counting with references in the same round trip, the daily
+reference hashes, the minute cache of PowerMTA times, and the garbage-collector pause."""
 
 import gc
 from datetime import UTC, date, datetime, timedelta
@@ -10,9 +10,8 @@ import time_machine
 from redis.crc import key_slot
 
 from tests.factories import IPFactory
-from warmup.counters import HashWrite, Increment, RedisCounterStore, day_tag
+from warmup.counters import Increment, RedisCounterStore, References, day_tag
 from warmup_portal.collector import gc_paused
-from webhooks.attribution import RedisMessageRefs
 from webhooks.events import InvalidRecord, event_key, parse_time, powermta_time
 from webhooks.ingest import TenantContext, ingest
 from webhooks.parsers.powermta import parse_body
@@ -60,7 +59,7 @@ def test_fixed_width_keys_find_their_duplicates_by_position(redis_client, ip):
     assert store.read(ip.id, DAY)["opens"] == 6
 
 
-def test_count_grouped_sums_groups_and_writes_the_extra_hash_in_the_same_call(redis_client, ip):
+def test_count_grouped_sums_groups_and_writes_the_references_in_the_same_call(redis_client, ip, settings):
     store = RedisCounterStore(redis_client)
     bounced = (("bounced", 1), ("bounced_hard", 1), ("sent", 1))
     groups = {
@@ -68,7 +67,7 @@ def test_count_grouped_sums_groups_and_writes_the_extra_hash_in_the_same_call(re
         (ip.id, DAY, "gmail", bounced): ["k3"],
         (ip.id, DAY + timedelta(days=1), "other", (("deferred", 1),)): ["k4"],
     }
-    also = HashWrite("wp:refs:{t1}:2027-03-10", ["mid:a@b", 7, "mw:c/s", 7], 3600)
+    also = References(1, {"mid:a@b": 7, "mw:c/s": 7})
 
     assert store.count_grouped(groups, also) == 4
     assert store.count_grouped(groups, also) == 0  # a replay counts nothing
@@ -76,8 +75,9 @@ def test_count_grouped_sums_groups_and_writes_the_extra_hash_in_the_same_call(re
         "sent:gmail": 3, "delivered:gmail": 2, "bounced:gmail": 1, "bounced_hard:gmail": 1,
     }  # fmt: skip
     assert store.read(ip.id, DAY + timedelta(days=1))["deferred"] == 1
-    assert redis_client.hgetall("wp:refs:{t1}:2027-03-10") == {b"mid:a@b": b"7", b"mw:c/s": b"7"}
-    assert 3500 < redis_client.ttl("wp:refs:{t1}:2027-03-10") <= 3600
+    assert store.read_refs(1, ["mid:a@b", "mw:c/s"]) == {"mid:a@b": 7, "mw:c/s": 7}
+    days = settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1
+    assert days * 86400 - 60 < redis_client.ttl(store._refs_bucket(1)) <= days * 86400
     assert {m.decode() for m in redis_client.smembers("wp:index:ipdays")} == {
         day_tag(ip.id, DAY) + ":c",
         day_tag(ip.id, DAY + timedelta(days=1)) + ":c",
@@ -116,12 +116,14 @@ def test_keys_of_any_text_and_length_in_one_ip_day_find_their_duplicates(redis_c
 
 
 def test_single_events_survive_a_dropped_connection_and_a_flushed_script_cache(redis_client, ip):
-    # redis-py's own retry makes the connection again; its Script loads the script again.
-    store = RedisCounterStore(redis_client)
+    # The portal's client (redis-py's retry makes the connection again; its Script loads the script again).
+    store = RedisCounterStore()
     one = [Increment(ip.id, DAY, {"sent": 1}, "gmail", f"{n:032x}") for n in range(3)]
     assert store.apply(one[:1]) == [True]
 
-    assert redis_client.client_kill_filter(_type="normal", skipme=False) >= 1  # Redis drops every connection
+    for conn in store.client.connection_pool._available_connections:  # Redis drops the pool's connections
+        host, port = conn._sock.getsockname()[:2]
+        assert redis_client.client_kill_filter(addr=f"{host}:{port}") == 1
     assert store.apply(one[1:2]) == [True]
     redis_client.script_flush()
     assert store.apply(one[2:]) == [True]
@@ -143,27 +145,27 @@ def test_count_grouped_refuses_an_unknown_counter_and_counts_nothing(redis_clien
 
 def test_references_are_found_for_the_retention_and_then_forgotten(redis_client, settings):
     settings.WEBHOOK_MESSAGE_REF_TTL_DAYS = 30
-    refs = RedisMessageRefs(redis_client)
+    refs = RedisCounterStore(redis_client)
     with time_machine.travel(NOW, tick=False):
-        refs.write(5, {"mid:x@y": 11, "mw:c/s": 12})
-        assert refs.read(5, ["mid:x@y", "mw:c/s", "mid:other"]) == {"mid:x@y": 11, "mw:c/s": 12}
-        assert refs.read(6, ["mid:x@y"]) == {}  # another tenant's
+        refs.write_refs(5, {"mid:x@y": 11, "mw:c/s": 12})
+        assert refs.read_refs(5, ["mid:x@y", "mw:c/s", "mid:other"]) == {"mid:x@y": 11, "mw:c/s": 12}
+        assert refs.read_refs(6, ["mid:x@y"]) == {}  # another tenant's
     with time_machine.travel(NOW + timedelta(days=30, hours=11), tick=False):  # the last day it is kept
-        assert refs.read(5, ["mid:x@y"]) == {"mid:x@y": 11}
+        assert refs.read_refs(5, ["mid:x@y"]) == {"mid:x@y": 11}
     with time_machine.travel(NOW + timedelta(days=31), tick=False):
-        assert refs.read(5, ["mid:x@y"]) == {}
+        assert refs.read_refs(5, ["mid:x@y"]) == {}
     assert 30 * 86400 < redis_client.ttl(f"wp:refs:{{t5}}:{NOW.date()}") <= 31 * 86400
 
 
 @time_machine.travel(NOW, tick=False)
 def test_the_newest_reference_wins_and_references_kept_before_the_daily_hashes_still_attribute(redis_client):
-    refs = RedisMessageRefs(redis_client)
+    refs = RedisCounterStore(redis_client)
     redis_client.set("wp:ref:{t5}:mid:old@y", 3, ex=3600)  # as written before the daily hashes
     with time_machine.travel(NOW - timedelta(days=2), tick=False):
-        refs.write(5, {"mid:x@y": 1})
-    refs.write(5, {"mid:x@y": 2})
+        refs.write_refs(5, {"mid:x@y": 1})
+    refs.write_refs(5, {"mid:x@y": 2})
 
-    assert refs.read(5, ["mid:x@y", "mid:old@y"]) == {"mid:x@y": 2, "mid:old@y": 3}
+    assert refs.read_refs(5, ["mid:x@y", "mid:old@y"]) == {"mid:x@y": 2, "mid:old@y": 3}
 
 
 @time_machine.travel(NOW, tick=False)
@@ -198,7 +200,7 @@ def test_a_csv_body_counts_and_remembers_its_references_in_one_round_trip(redis_
         "sent:gmail": 2, "delivered:gmail": 1, "bounced:gmail": 1, "bounced_soft:gmail": 1,
         "sent:yahoo": 1, "delivered:yahoo": 1,
     }  # fmt: skip
-    known = ctx.refs.read(ip.tenant_id, ["mid:m1@x", "mw:camp/sub1", "mid:m2@x", "mid:m3@x"])
+    known = ctx.store.read_refs(ip.tenant_id, ["mid:m1@x", "mw:camp/sub1", "mid:m2@x", "mid:m3@x"])
     assert known == {"mid:m1@x": ip.id, "mw:camp/sub1": ip.id, "mid:m2@x": ip.id, "mid:m3@x": ip.id}
     assert ingest(TenantContext(ip.tenant), parse_body(body, "text/csv")).duplicates == 3
 
@@ -229,13 +231,13 @@ def test_gc_paused_restores_the_collector_as_it_found_it():
 
 @time_machine.travel(NOW, tick=False)
 def test_references_of_any_text_go_through_the_counting_script_and_are_found_again(redis_client, ip):
-    refs = RedisMessageRefs(redis_client)
+    refs = RedisCounterStore(redis_client)
     odd = {"mid:é@x": 1, "mid:\ud800@x": 2, "mid:tab\there": 3, "mid:" + "x" * 300: 4, "mid:plain@x": 5}
     store = RedisCounterStore(redis_client)
 
-    store.count_grouped({(ip.id, DAY, "other", (("sent", 1),)): ["k"]}, refs.hash_write(5, odd))
+    store.count_grouped({(ip.id, DAY, "other", (("sent", 1),)): ["k"]}, References(5, odd))
 
-    assert refs.read(5, list(odd)) == odd
+    assert refs.read_refs(5, list(odd)) == odd
 
 
 def test_a_csv_events_raw_record_is_read_again_from_its_lines():
@@ -271,9 +273,9 @@ def test_the_cluster_path_writes_the_same_per_slot(redis_client, ip, monkeypatch
 
     assert store.apply(increments) == [True, True, False]
     groups = {(ip.id, DAY, "gmail", (("sent", 1),)): ["a", "c"]}
-    assert store.count_grouped(groups, HashWrite("wp:x", ["f", 1], 60)) == 1
+    assert store.count_grouped(groups, References(9, {"mid:f": ip.id})) == 1
     assert store.read(ip.id, DAY)["sent"] == 2 and store.read(ip.id, other_day)["sent"] == 2
-    assert redis_client.hgetall("wp:x") == {b"f": b"1"}
+    assert store.read_refs(9, ["mid:f"]) == {"mid:f": ip.id}
     assert {m.decode() for m in redis_client.smembers("wp:index:ipdays")} == {
         day_tag(ip.id, DAY) + ":c",
         day_tag(ip.id, other_day) + ":c",

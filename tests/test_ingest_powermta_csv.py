@@ -170,7 +170,7 @@ def test_references_are_written_with_the_counts_even_after_the_scripts_were_flus
 
     assert result.as_json()["accepted"] == 25
     ip1 = IP.objects.get(address="45.123.10.1").pk
-    refs = ctx.refs.read(tenant.pk, ["mid:m0@x", "mw:c/s24", "mid:m24@x"])
+    refs = ctx.store.read_refs(tenant.pk, ["mid:m0@x", "mw:c/s24", "mid:m24@x"])
     assert refs == {"mid:m0@x": ip1, "mw:c/s24": ip1, "mid:m24@x": ip1}
     assert get_store().read(ip1, ctx.day_of(1795900416))["delivered"] == 25
 
@@ -178,13 +178,12 @@ def test_references_are_written_with_the_counts_even_after_the_scripts_were_flus
 def test_a_pooled_connection_closed_by_a_redis_restart_is_replaced_when_references_are_sent(tenant, tmp_path):
     from tests.test_webhooks_redis_down import OwnRedis, free_port
     from warmup.counters import RedisCounterStore
-    from webhooks.attribution import RedisMessageRefs
 
     server = OwnRedis(tmp_path, free_port())
     server.start()
     client = redis.Redis.from_url(server.url)
     ctx = TenantContext(tenant)
-    ctx.store, ctx.refs = RedisCounterStore(client), RedisMessageRefs(client)
+    ctx.store = RedisCounterStore(client)
     try:
         rows = delivered_rows(30)
         first = ingest_csv(ctx, body_of(rows[:15], HEADER, []))
@@ -194,6 +193,6 @@ def test_a_pooled_connection_closed_by_a_redis_restart_is_replaced_when_referenc
 
         assert (first.accepted, again.accepted, again.duplicates) == (15, 15, 15)
         ip1 = IP.objects.get(address="45.123.10.1").pk
-        assert ctx.refs.read(tenant.pk, ["mid:m29@x"]) == {"mid:m29@x": ip1}
+        assert ctx.store.read_refs(tenant.pk, ["mid:m29@x"]) == {"mid:m29@x": ip1}
     finally:
         server.stop()

@@ -13,9 +13,10 @@ from django_celery_beat.models import PeriodicTask
 from tests.factories import DailyStatFactory, IPFactory, TenantFactory, WarmupPlanFactory
 from warmup import tasks
 from warmup.counters import CounterStoreUnavailable, get_store
-from warmup.models import ConsolidationBatch, CounterDedupKey, DailyStat
+from warmup.models import ConsolidationBatch, CounterDedupKey, DailyStat, MessageRef
 from warmup.stats import daily_stats, record_stats
-from webhooks.models import DeadLetter, MessageRef
+from webhooks.models import DeadLetter
+from webhooks.tasks import prune_dead_letters_task
 
 NOW = datetime(2027, 3, 10, 22, 30, tzinfo=UTC)  # already 2027-03-11 in Auckland
 TODAY = date(2027, 3, 10)
@@ -138,8 +139,10 @@ def test_prune_deletes_only_expired_data(db, settings):
     ConsolidationBatch.objects.create(batch_id="recent")
 
     deleted = tasks.prune_warmup_data_task()
+    assert DeadLetter.objects.count() == 2  # the ingestion app's own, pruned by its own task
+    assert prune_dead_letters_task() == {"dead_letters": 1}
 
-    assert deleted == {"dedup_keys": 1, "consolidation_batches": 1, "message_refs": 1, "dead_letters": 1}
+    assert deleted == {"dedup_keys": 1, "consolidation_batches": 1, "message_refs": 1}
     assert list(CounterDedupKey.objects.values_list("key", flat=True)) == ["live"]
     assert list(MessageRef.objects.values_list("ref", flat=True)) == ["<live@x>"]
     assert DeadLetter.objects.count() == 1
@@ -162,6 +165,7 @@ def test_the_migration_creates_the_periodic_tasks_without_overwriting_edits(db, 
     assert str(consolidate.crontab.timezone) == "Europe/Paris"
     assert (advance.task, advance.crontab.minute, advance.crontab.hour) == ("warmup.advance_warmup", "0", "1")
     assert PeriodicTask.objects.filter(name="prune-warmup-data", task="warmup.prune_warmup_data").exists()
+    assert PeriodicTask.objects.filter(name="prune-dead-letters", task="webhooks.prune_dead_letters").exists()
 
     # An operator's edits survive running it again.
     advance.enabled = False

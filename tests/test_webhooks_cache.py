@@ -1,5 +1,5 @@
-"""The webhook hot path: per-process caches (token, IP maps) and their invalidation, the middleware
-fast path, and the leased rate limit (webhooks/cache.py, middleware.py, ratelimit.py)."""
+"""The webhook hot path: per-process TTL caches (token, IP maps) and their invalidation, the middleware
+fast path, and the rate limit's fixed window (webhooks/cache.py, middleware.py, ratelimit.py)."""
 
 import datetime as dt
 import json
@@ -48,7 +48,6 @@ def clock(monkeypatch):
     fake = Clock()
     monkeypatch.setattr(cache, "_clock", fake)
     cache.invalidate()
-    assert cache.wait_until_enabled(), "the cache listener did not subscribe"
     yield fake
     cache.invalidate()
 
@@ -62,15 +61,6 @@ def send(poster, clock):  # noqa: F811
         return poster.post_json(EVENTS, event(ip, next(counter), **fields), **(headers or {}))
 
     return send
-
-
-def wait_for(condition, timeout=5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # --- Steady state ---------------------------------------------------------------------------------
@@ -87,7 +77,7 @@ def test_a_steady_state_single_event_costs_no_query(send, ips, django_assert_num
 
 
 @time_machine.travel(NOW, tick=False)
-def test_a_steady_state_single_event_costs_one_redis_round_trip(send, ips, monkeypatch):  # noqa: F811
+def test_a_steady_state_single_event_costs_two_redis_round_trips(send, ips, monkeypatch):  # noqa: F811
     sent = []
     original = redis.connection.AbstractConnection.send_packed_command
 
@@ -95,10 +85,10 @@ def test_a_steady_state_single_event_costs_one_redis_round_trip(send, ips, monke
         sent.append(command)
         return original(connection, command, check_health)
 
-    assert send().status_code == 200  # loads the caches and takes a rate-limit lease
+    assert send().status_code == 200  # loads the caches
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
     assert send().status_code == 200
-    assert len(sent) == 1  # the counting script; the rate limit is served from the lease
+    assert len(sent) == 2  # the rate-limit window (INCR and EXPIRE together), then the counting script
 
 
 @time_machine.travel(NOW, tick=False)
@@ -110,21 +100,13 @@ def test_entries_expire_after_the_ttl(send, ips, clock, django_assert_num_querie
 
 
 @time_machine.travel(NOW, tick=False)
-def test_without_the_redis_counter_store_nothing_is_cached(send, ips, settings):  # noqa: F811
+def test_the_database_counter_store_is_cached_the_same_way(send, ips, settings):  # noqa: F811
     settings.WARMUP_COUNTER_BACKEND = "database"
     assert send().status_code == 200
     with CaptureQueriesContext(connection) as queries:
-        assert send().status_code == 200
-    tables = " ".join(query["sql"] for query in queries.captured_queries)
-    assert 'FROM "domains_webhooktoken"' in tables and 'FROM "domains_ip"' in tables
-    assert not cache._tokens and not cache._maps
-
-
-def test_without_a_subscription_the_database_is_read(utc_tenant, token, counter_store_down):  # noqa: F811
-    # Redis unreachable: the listener cannot subscribe, so nothing may be trusted to a cache.
-    assert not cache.enabled()
-    assert cache.tenant_for_token(token) == utc_tenant
-    assert not cache._tokens
+        assert send(ip="45.123.10.2").json()["accepted"] == 1
+    sql = " ".join(query["sql"] for query in queries.captured_queries)
+    assert "domains_webhooktoken" not in sql and "domains_ip" not in sql  # only the counting transaction
 
 
 # --- Tokens ---------------------------------------------------------------------------------------
@@ -153,66 +135,30 @@ def test_a_token_revoked_or_deleted_in_the_admin_is_refused_at_once(send, ips, t
 
 
 @time_machine.travel(NOW, tick=False)
-def test_a_revocation_published_by_another_process_is_honoured(send, ips, token, redis_client):  # noqa: F811
+def test_a_revocation_in_another_process_holds_at_most_the_ttl(send, ips, token, clock):  # noqa: F811
     assert send().status_code == 200
-    assert cache._tokens
-    # Revoked by another process: no signal here, only its message on the channel once committed.
+    # Revoked by another process (or by a queryset update): no signal reaches this one.
     WebhookToken.objects.filter(token_hash=WebhookToken.hash(token)).update(revoked_at=timezone.now())
-    assert redis_client.publish(cache.channel(redis_client), b"1") >= 1  # this process listens
-    assert wait_for(lambda: not cache._tokens), "the listener did not clear the cache"
-    assert send().status_code == 401
+    clock.now += cache.TTL_SECONDS - 0.5
+    assert send().status_code == 200  # still cached here...
+    clock.now += 0.6
+    assert send().status_code == 401  # ...for TTL_SECONDS at most
 
 
-@time_machine.travel(NOW, tick=False)
-def test_a_revocation_without_signal_or_message_holds_at_most_the_ttl(send, ips, token, clock):  # noqa: F811
-    assert send().status_code == 200
-    WebhookToken.objects.filter(token_hash=WebhookToken.hash(token)).update(revoked_at=timezone.now())
-    clock.now += cache.TTL_SECONDS + 0.1
-    assert send().status_code == 401
-
-
-def test_a_committed_change_is_published_to_the_other_processes(
+def test_a_change_clears_the_caches_at_once_and_again_on_commit(
+    utc_tenant,  # noqa: F811
     token,  # noqa: F811
-    redis_client,
     clock,
     django_capture_on_commit_callbacks,
 ):
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe(cache.channel(redis_client))
-    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+    assert cache.tenant_for_token(token) == utc_tenant
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
         WebhookToken.objects.get(token_hash=WebhookToken.hash(token)).delete()
-    assert callbacks
-    message = pubsub.get_message(timeout=2)
-    pubsub.close()
-    assert message is not None and message["type"] == "message"
-
-
-def test_a_change_that_is_not_committed_is_not_published(utc_tenant, token, redis_client, clock):  # noqa: F811
-    pubsub = redis_client.pubsub()
-    pubsub.subscribe(cache.channel(redis_client))
-    assert pubsub.get_message(timeout=2)["type"] == "subscribe"
-    WebhookToken.objects.get(token_hash=WebhookToken.hash(token)).delete()  # the test's transaction rolls back
-    assert pubsub.get_message(timeout=0.3) is None
-    pubsub.close()
-
-
-def test_a_load_that_raced_with_a_change_is_not_stored(utc_tenant, token, clock, monkeypatch):  # noqa: F811
-    from webhooks import auth
-
-    original = cache.tenant_for_digest
-
-    def racing(digest):
-        found = original(digest)
-        cache.invalidate()  # a change lands while this request was reading the old row
-        return found
-
-    monkeypatch.setattr(cache, "tenant_for_digest", racing)
-    assert cache.tenant_for_token(token) == utc_tenant
-    assert not cache._tokens
-    monkeypatch.setattr(cache, "tenant_for_digest", auth.tenant_for_digest)
-    assert cache.tenant_for_token(token) == utc_tenant
-    assert cache._tokens
+        assert not cache._tokens  # at once
+    cache._tokens["stale"] = utc_tenant  # what a request that read the old row meanwhile stored
+    for callback in callbacks:
+        callback()
+    assert not cache._tokens  # and again once committed
 
 
 @time_machine.travel(NOW, tick=False)
@@ -341,42 +287,23 @@ def test_an_unknown_webhook_path_goes_through_the_whole_stack(poster, clock):  #
     assert poster.post_json("/api/v1/webhooks/nope/", event("45.123.10.1", 1)).status_code == 404
 
 
-# --- Rate limit leases ----------------------------------------------------------------------------
+# --- Rate limit window ----------------------------------------------------------------------------
 
 
-@pytest.fixture
-def leases(settings, redis_client):
+def test_the_window_admits_the_limit_and_refuses_the_rest_of_the_minute(settings, redis_client):
     settings.WARMUP_COUNTER_BACKEND = "redis"
-    ratelimit.reset_local()
-    yield redis_client
-    ratelimit.reset_local()
-
-
-def test_a_process_takes_a_lease_of_one_percent_of_the_limit(leases, settings):
-    settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 1000
-    now = 1_800_000_000.0
-    assert all(ratelimit.check(7, now=now) == 0 for _ in range(10))
-    assert int(leases.get(ratelimit.window_key(7, int(now // 60)))) == 10  # one lease of 10
-    assert ratelimit.check(7, now=now) == 0
-    assert int(leases.get(ratelimit.window_key(7, int(now // 60)))) == 20
-
-
-def test_leases_never_admit_more_than_the_limit_across_processes(leases, settings):
-    settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 250  # leases of 2
+    settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 5
     now = 1_800_000_040.0  # 20 s before the minute ends
     key = ratelimit.window_key(7, int(now // 60))
-    leases.set(key, 245)  # other processes have taken 245
-    admitted = sum(ratelimit.check(7, now=now) == 0 for _ in range(10))
-    assert admitted == 5
-    refused_at = int(leases.get(key))
-    assert ratelimit.check(7, now=now) == 20  # refused for the rest of the minute...
-    assert int(leases.get(key)) == refused_at  # ...without asking Redis again
+    redis_client.set(key, 2)  # other processes have had 2
+    assert [ratelimit.check(7, now=now) for _ in range(4)] == [0, 0, 0, 20]
+    assert int(redis_client.get(key)) == 6
+    assert ratelimit.check(7, now=now + 20) == 0  # a new window
+    assert ratelimit.check(8, now=now) == 0  # another tenant's
 
 
-def test_a_lease_belongs_to_its_window(leases, settings):
-    settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 100
-    now = 1_800_000_000.0
-    assert ratelimit.check(7, now=now) == 0
-    leases.set(ratelimit.window_key(7, int(now // 60)), 100)
-    assert ratelimit.check(7, now=now) > 0
-    assert ratelimit.check(7, now=now + 60) == 0  # a new minute
+def test_the_database_store_counts_the_window_in_process(settings):
+    settings.WARMUP_COUNTER_BACKEND = "database"
+    settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 2
+    now = 1_900_000_000.0 + 7 * 60
+    assert [ratelimit.check(9, now=now) for _ in range(3)] == [0, 0, 20]

@@ -7,9 +7,10 @@ import pytest
 from django.test import override_settings
 
 from domains.models import WebhookToken
+from warmup.models import MessageRef
 from webhooks.ingest import reprocess_dead_letters
 from webhooks.metrics import WEBHOOK_EVENTS
-from webhooks.models import DeadLetter, MessageRef
+from webhooks.models import DeadLetter
 
 from .factories import DomainFactory, IPFactory, TenantFactory
 from .webhooks_support import (  # noqa: F401

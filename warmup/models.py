@@ -420,3 +420,26 @@ def day_range(first: date, last: date):
     """Dates from first to last inclusive."""
     for offset in range((last - first).days + 1):
         yield first + timedelta(days=offset)
+
+
+class MessageRef(models.Model):
+    """Which IP delivered a message, for attributing later complaints, async bounces, opens, clicks.
+
+    `ref` is a Message-Id or a MailWizz "campaign_uid/subscriber_uid" pair, kept
+    WEBHOOK_MESSAGE_REF_TTL_DAYS. The database counter store's references (the embedded default); with
+    Redis they live in Redis with a TTL.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
+    ref = models.CharField(max_length=255)
+    ip = models.ForeignKey(IP, on_delete=models.CASCADE, related_name="+")
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "ref"], name="messageref_unique_tenant_ref"),
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="messageref_expires_idx")]  # retention
+
+    def __str__(self) -> str:
+        return self.ref

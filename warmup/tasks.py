@@ -75,7 +75,7 @@ def record_warmup_stats_task(self, ip_id: int, stats: dict, date: str | None = N
 
 @shared_task(name="warmup.prune_warmup_data", **RETRY)
 def prune_warmup_data_task() -> dict:
-    """Delete expired de-duplication keys, message references, old dead letters and ledger rows."""
+    """Delete expired de-duplication keys and message references, and old ledger rows."""
     return retention.prune()
 
 

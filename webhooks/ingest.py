@@ -27,9 +27,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from domains.models import Tenant
-from warmup.counters import GroupKey, RedisCounterStore, get_store
+from warmup.counters import GroupKey, References, get_store
 from webhooks import metrics, spikes
-from webhooks.attribution import Attributor, RedisMessageRefs, get_message_refs
+from webhooks.attribution import Attributor
 from webhooks.events import DayOf, NormalisedEvent, count_items, event_key, provider_for
 from webhooks.models import DeadLetter
 from webhooks.parsers import Batch, Rejection, kumomta, mailwizz, normalised, powermta
@@ -91,7 +91,6 @@ class TenantContext:
         self.attributor = attributor if attributor is not None else Attributor(tenant)
         self.day_of = day_of if day_of is not None else DayOf(tenant.zone)
         self.providers: dict[str, str] = providers if providers is not None else {}
-        self.refs = get_message_refs()
         self.store = get_store()
 
     def provider(self, domain: str) -> str:
@@ -193,7 +192,7 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Count
 
     if pending:
         wanted = {ref for event in pending for ref in event.message_refs if ref not in remember}
-        known = ctx.refs.read(tenant_id, wanted) if wanted else {}
+        known = ctx.store.read_refs(tenant_id, wanted) if wanted else {}
         known.update(remember)
         for event in pending:
             for ref in event.message_refs:
@@ -204,16 +203,10 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Count
             else:
                 dead.append((event, DeadLetter.Reason.UNATTRIBUTED, "no delivery report names this message"))
 
-    # References first (or in the counts' round trip, ahead of them): if they cannot be written, the
-    # batch fails as a whole and is re-posted.
-    also = None
-    if remember:
-        if isinstance(ctx.refs, RedisMessageRefs) and isinstance(ctx.store, RedisCounterStore):
-            also = ctx.refs.hash_write(tenant_id, remember)
-        else:
-            ctx.refs.write(tenant_id, remember)
+    # The references go with the counts, written first: if they cannot be written, nothing is counted
+    # and the sender posts the batch again.
     if groups:
-        result.accepted = ctx.store.count_grouped(groups, also)
+        result.accepted = ctx.store.count_grouped(groups, References(tenant_id, remember) if remember else None)
         result.duplicates = len(attributed) - result.accepted
     return result
 

@@ -37,11 +37,6 @@ class WebhookFastPathMiddleware:
         # Exact paths known to resolve to a fast-path view (there are only a handful): (view, whether
         # SecurityMiddleware would redirect the path when the request is not secure).
         self.views: dict[str, tuple[View, bool]] = {}
-        # Built once per web process (and per test client): subscribe to cache changes before the
-        # first webhook arrives, so that it already finds the caches usable.
-        from webhooks import cache
-
-        cache.start_listening()
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         path = request.path_info

@@ -1,11 +1,11 @@
-"""Ingestion's own data: dead letters (events kept for want of an IP, or rejected) and message references.
+"""Ingestion's own data: dead letters (events kept for want of an IP, or rejected).
 
-De-duplication keys and counters belong to the counter store (`warmup.counters`).
+De-duplication keys, counters and message references belong to the counter store (`warmup.counters`).
 """
 
 from django.db import models
 
-from domains.models import IP, Tenant
+from domains.models import Tenant
 
 
 class DeadLetterQuerySet(models.QuerySet):
@@ -52,25 +52,3 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source} {self.get_reason_display()} #{self.pk}"
-
-
-class MessageRef(models.Model):
-    """Which IP delivered a message, for attributing later complaints, async bounces, opens, clicks.
-
-    `ref` is a Message-Id or a MailWizz "campaign_uid/subscriber_uid" pair. Kept 30 days.
-    Used by the database counter store; with Redis the references live in Redis with a TTL.
-    """
-
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="+")
-    ref = models.CharField(max_length=255)
-    ip = models.ForeignKey(IP, on_delete=models.CASCADE, related_name="+")
-    expires_at = models.DateTimeField()
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["tenant", "ref"], name="messageref_unique_tenant_ref"),
-        ]
-        indexes = [models.Index(fields=["expires_at"], name="messageref_expires_idx")]  # retention
-
-    def __str__(self) -> str:
-        return self.ref

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, timedelta
 
 from django.conf import settings
@@ -12,8 +14,17 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models import Sum
 from django.utils import timezone
 
-from ..models import CounterCell, CounterDedupKey
-from .interface import CounterStore, CounterStoreUnavailable, Increment, check_increment, totals
+from ..models import CounterCell, CounterDedupKey, MessageRef
+from .interface import (
+    CounterStore,
+    CounterStoreUnavailable,
+    GroupKey,
+    Increment,
+    References,
+    check_increment,
+    stored_ref,
+    totals,
+)
 
 
 class DatabaseCounterStore(CounterStore):
@@ -126,6 +137,66 @@ class DatabaseCounterStore(CounterStore):
             connection.ensure_connection()
         except DatabaseError as exc:
             raise CounterStoreUnavailable(f"the database is unreachable: {exc}") from exc
+
+    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], refs: References | None = None) -> int:
+        increments = [
+            Increment(ip_id, day, dict(items), provider, dedup_key)
+            for (ip_id, day, provider, items), keys in groups.items()
+            for dedup_key in keys
+        ]
+        try:
+            with transaction.atomic():  # the references and the counts, or neither
+                if refs is not None:
+                    self.write_refs(refs.tenant_id, refs.refs)
+                return sum(self.apply(increments))
+        except DatabaseError as exc:
+            if _is_unavailable(exc):
+                raise CounterStoreUnavailable(f"the database is unreachable: {exc}") from exc
+            raise
+
+    # --- Message references: `MessageRef` rows, pruned by retention once expired ---------------------
+
+    def read_refs(self, tenant_id: int, refs: Iterable[str]) -> dict[str, int]:
+        stored = {stored_ref(ref): ref for ref in refs}
+        if not stored:
+            return {}
+        rows = MessageRef.objects.filter(
+            tenant_id=tenant_id, ref__in=list(stored), expires_at__gt=timezone.now()
+        ).values_list("ref", "ip_id")
+        return {stored[ref]: ip_id for ref, ip_id in rows}
+
+    def write_refs(self, tenant_id: int, refs: Mapping[str, int]) -> None:
+        if not refs:
+            return
+        expires_at = timezone.now() + timedelta(days=settings.WEBHOOK_MESSAGE_REF_TTL_DAYS)
+        rows = [
+            MessageRef(tenant_id=tenant_id, ref=stored_ref(ref), ip_id=ip_id, expires_at=expires_at)
+            for ref, ip_id in refs.items()
+        ]
+        try:
+            MessageRef.objects.bulk_create(
+                rows, update_conflicts=True, unique_fields=["tenant", "ref"], update_fields=["ip", "expires_at"]
+            )
+        except DatabaseError as exc:
+            if _is_unavailable(exc):
+                raise CounterStoreUnavailable(f"the database is unreachable: {exc}") from exc
+            raise
+
+    # --- Fixed windows: counted in this process's memory. The embedded default runs on one host, where
+    # a count per web process is close enough, and a rate limit costs no query.
+
+    _windows: dict[str, tuple[float, int]] = {}  # name -> (expiry on the monotonic clock, hits)
+    _windows_lock = threading.Lock()
+
+    def hit_window(self, name: str, seconds: int) -> int:
+        now = time.monotonic()
+        with self._windows_lock:
+            if len(self._windows) > 10_000:  # forget finished windows now and then
+                for stale in [key for key, (expiry, _) in self._windows.items() if expiry <= now]:
+                    del self._windows[stale]
+            expiry, hits = self._windows.get(name, (now + 2 * seconds, 0))
+            self._windows[name] = (expiry, hits + 1)
+        return hits + 1
 
 
 def _is_unavailable(exc: DatabaseError) -> bool:

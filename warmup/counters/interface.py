@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
@@ -32,16 +33,12 @@ GroupKey = tuple[int, date, str, tuple[tuple[str, int], ...]]
 
 
 @dataclass(frozen=True, slots=True)
-class HashWrite:
-    """Fields set in one Redis hash, with an expiry, in the same round trip as a batch's counts.
+class References:
+    """Message references of a tenant (reference -> IP id) to remember with a batch's counts: a later
+    complaint, asynchronous bounce, open or click naming the message is attributed through them."""
 
-    The ingestion pipeline's message references: written in the round trip of the counts they came with.
-    `fields` is flat: field, value, field, value ...
-    """
-
-    key: str
-    fields: Sequence[str | int]
-    ttl: int
+    tenant_id: int
+    refs: Mapping[str, int]
 
 
 class CounterStoreUnavailable(Exception):
@@ -117,20 +114,26 @@ class CounterStore:
         """De-duplicate and count a batch atomically; True = counted, False = duplicate."""
         raise NotImplementedError
 
-    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None = None) -> int:
+    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], refs: References | None = None) -> int:
         """`apply()` for a batch grouped by what its events add: each group's de-duplication keys (None:
-        always counted). Atomic per IP-day at least (the whole batch on a single Redis node); returns how
-        many were counted (the rest were duplicates). `also` (Redis only) is written in the same round
-        trip, before anything is counted.
+        always counted). The batch's message references `refs` are written first, in the same round trip
+        (Redis) or transaction (database): a batch whose references cannot be written is not counted.
+        Atomic per IP-day at least (the whole batch on a single Redis node or in the database); returns
+        how many were counted (the rest were duplicates).
         """
-        if also is not None:
-            raise ValueError(f"{type(self).__name__} writes no Redis hash")
-        increments = [
-            Increment(ip_id, day, dict(items), provider, dedup_key)
-            for (ip_id, day, provider, items), keys in groups.items()
-            for dedup_key in keys
-        ]
-        return sum(self.apply(increments))
+        raise NotImplementedError
+
+    def read_refs(self, tenant_id: int, refs: Iterable[str]) -> dict[str, int]:
+        """The IP ids of the references remembered for the tenant (the newest write wins)."""
+        raise NotImplementedError
+
+    def write_refs(self, tenant_id: int, refs: Mapping[str, int]) -> None:
+        """Remember references (reference -> IP id) for WEBHOOK_MESSAGE_REF_TTL_DAYS."""
+        raise NotImplementedError
+
+    def hit_window(self, name: str, seconds: int) -> int:
+        """Count one hit in the fixed window `name` (it lasts `seconds`); the hits so far, this one included."""
+        raise NotImplementedError
 
     def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
         """Live "sent" of several IP-days, in one round trip."""
@@ -143,3 +146,19 @@ class CounterStore:
     def ping(self) -> None:
         """Raise CounterStoreUnavailable when the store cannot be reached."""
         raise NotImplementedError
+
+
+def stored_ref(ref: str) -> str:
+    # Message-Ids are whatever the sender wrote: bound the stored key, keep it unambiguous (free of the
+    # separators the earlier Redis layout used) and valid UTF-8 (a JSON record may hold a lone surrogate).
+    if len(ref) <= 200 and "\t" not in ref and "\n" not in ref and (ref.isascii() or _is_utf8(ref)):
+        return ref
+    return "h:" + hashlib.blake2b(ref.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -7,11 +7,14 @@ IP-day atomically; `claim.lua` sets IP-days aside for consolidation.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from functools import wraps
+from itertools import chain
 from pathlib import Path
 
 import redis
@@ -25,10 +28,11 @@ from .interface import (
     CounterStore,
     CounterStoreUnavailable,
     GroupKey,
-    HashWrite,
     Increment,
+    References,
     _fields_of,
     group_increments,
+    stored_ref,
     totals,
 )
 
@@ -37,6 +41,17 @@ IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and no
 
 _APPLY_LUA = (Path(__file__).parent / "apply.lua").read_text()
 _CLAIM_LUA = (Path(__file__).parent / "claim.lua").read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class HashWrite:
+    """Fields set in one Redis hash, with an expiry, ahead of a batch's counts (its message references).
+    `fields` is flat: field, value, field, value ..."""
+
+    key: str
+    fields: Sequence[str | int]
+    ttl: int
+
 
 # ASCII-only JSON (the default): every byte sent is ASCII, and the script's cjson decodes the escapes.
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
@@ -122,7 +137,8 @@ class RedisCounterStore(CounterStore):
         return [(place not in duplicates) for place in places]
 
     @_redis_reachable
-    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None = None) -> int:
+    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], refs: References | None = None) -> int:
+        also = self._refs_write(refs.tenant_id, refs.refs) if refs is not None and refs.refs else None
         return sum(len(keys) for keys in groups.values()) - len(self._count(groups, also))
 
     def _count(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None = None) -> set[tuple]:
@@ -265,6 +281,66 @@ class RedisCounterStore(CounterStore):
     @_redis_reachable
     def ping(self) -> None:
         self.client.ping()
+
+    # --- Message references: fields of daily hashes `wp:refs:{t<tenant>}:<YYYY-MM-DD>` (ref -> IP id) ---
+    # A reference written on day D is found until the end of day D + WEBHOOK_MESSAGE_REF_TTL_DAYS (so for
+    # at least the retention), and the hash expires a day after that. Days are UTC days of the portal's
+    # clock. The braces are a Redis Cluster hash tag: all of a tenant's references share a slot. A batch
+    # writes its references with one HSET, in the round trip of its counts; reading a batch's references
+    # is one HMGET per day of retention, pipelined.
+
+    @staticmethod
+    def _refs_bucket(tenant_id: int, days_ago: int = 0) -> str:
+        day = datetime.fromtimestamp(time.time(), UTC).date() - timedelta(days=days_ago)
+        return f"wp:refs:{{t{tenant_id}}}:{day.isoformat()}"
+
+    @staticmethod
+    def _legacy_ref_key(tenant_id: int, ref: str) -> str:
+        # Before the daily hashes, each reference was a string key of its own. Read for one retention
+        # period after an upgrade, so that references written before it still attribute.
+        return f"wp:ref:{{t{tenant_id}}}:{stored_ref(ref)}"
+
+    @_redis_reachable
+    def read_refs(self, tenant_id: int, refs: Iterable[str]) -> dict[str, int]:
+        refs = list(refs)
+        if not refs:
+            return {}
+        stored = [stored_ref(ref) for ref in refs]
+        pipe = self.client.pipeline(transaction=False)
+        for days_ago in range(settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1):  # the newest first: a later report wins
+            pipe.hmget(self._refs_bucket(tenant_id, days_ago), stored)
+        pipe.mget([self._legacy_ref_key(tenant_id, ref) for ref in refs])
+        found: dict[str, int] = {}
+        for values in pipe.execute():
+            for ref, value in zip(refs, values, strict=True):
+                if value is not None and ref not in found:
+                    found[ref] = int(value)
+        return found
+
+    def _refs_write(self, tenant_id: int, refs: Mapping[str, int]) -> HashWrite:
+        joined = "".join(refs)
+        if joined.isascii() and "\t" not in joined and "\n" not in joined and max(map(len, refs), default=0) <= 200:
+            # The usual batch (every reference stored as it is), without a call per reference.
+            fields = list(chain.from_iterable(refs.items()))
+        else:
+            fields = list(chain.from_iterable((stored_ref(ref), ip_id) for ref, ip_id in refs.items()))
+        ttl = int(timedelta(days=settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1).total_seconds())
+        return HashWrite(self._refs_bucket(tenant_id), fields, ttl)
+
+    @_redis_reachable
+    def write_refs(self, tenant_id: int, refs: Mapping[str, int]) -> None:
+        if refs:
+            self._write(self._refs_write(tenant_id, refs))
+
+    # --- Fixed windows (the webhooks' rate limit): a counter key per window, expiring after it ------
+
+    @_redis_reachable
+    def hit_window(self, name: str, seconds: int) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.incr(name)
+        pipe.expire(name, 2 * seconds, nx=True)  # kept past the window: a slow clock never resets a live one
+        hits, _ = pipe.execute()
+        return int(hits)
 
     # --- Consolidation primitives (used by consolidation.py) ----------------------------------------
 

@@ -4,9 +4,9 @@ get_or_create throughout: running it again, or a later migration, never overwrit
 since changed in the admin.
 """
 
-from django.conf import settings
 from django.db import migrations
-from django.utils import timezone
+
+from warmup_portal.beat import add_periodic_task, remove_periodic_task
 
 # (name, task, minute, hour, description)
 PERIODIC_TASKS = [
@@ -29,36 +29,19 @@ PERIODIC_TASKS = [
         "warmup.prune_warmup_data",
         "15",
         "3",
-        "Deletes expired de-duplication keys and message references, and old dead letters.",
+        "Deletes expired de-duplication keys and message references, and old consolidation ledger rows.",
     ),
 ]
 
 
 def create_periodic_tasks(apps, schema_editor):
-    CrontabSchedule = apps.get_model("django_celery_beat", "CrontabSchedule")
-    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    PeriodicTasks = apps.get_model("django_celery_beat", "PeriodicTasks")
     for name, task, minute, hour, description in PERIODIC_TASKS:
-        if PeriodicTask.objects.filter(name=name).exists():
-            continue
-        crontab, _ = CrontabSchedule.objects.get_or_create(
-            minute=minute,
-            hour=hour,
-            day_of_week="*",
-            day_of_month="*",
-            month_of_year="*",
-            timezone=settings.CELERY_TIMEZONE,
-        )
-        PeriodicTask.objects.get_or_create(
-            name=name, defaults={"task": task, "crontab": crontab, "description": description}
-        )
-    # Historical models send no signals: tell a running beat that its schedule changed.
-    PeriodicTasks.objects.update_or_create(ident=1, defaults={"last_update": timezone.now()})
+        add_periodic_task(apps, name=name, task=task, minute=minute, hour=hour, description=description)
 
 
 def delete_periodic_tasks(apps, schema_editor):
-    PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    PeriodicTask.objects.filter(name__in=[name for name, *_ in PERIODIC_TASKS]).delete()
+    for name, *_ in PERIODIC_TASKS:
+        remove_periodic_task(apps, name)
 
 
 class Migration(migrations.Migration):
