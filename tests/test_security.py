@@ -15,6 +15,7 @@ from domains.models import WebhookToken
 from warmup.engine import ACTIONS
 from warmup.models import AuditEvent, WarmupPlan
 from webhooks import ratelimit
+from webhooks.models import DeadLetter
 
 from .factories import DomainFactory, IPFactory, TenantFactory, UserFactory, make_member, plan_in_state
 
@@ -177,7 +178,7 @@ class RoundTrips:
         monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
 
 
-def test_the_rate_limit_costs_one_redis_round_trip(client, senders, settings, monkeypatch):
+def test_the_rate_limit_costs_no_round_trip_of_its_own(client, senders, settings, monkeypatch):
     _, alpha = senders["alpha"]
     trips = RoundTrips(monkeypatch)
 
@@ -192,7 +193,16 @@ def test_the_rate_limit_costs_one_redis_round_trip(client, senders, settings, mo
         without = round_trips(0, 1)
         with_limit = round_trips(1000, 2)
     assert without >= 1
-    assert with_limit == without + 1
+    assert with_limit == without  # the window is counted by the counting script
+
+
+def test_a_request_with_nothing_to_count_still_counts_in_the_window(client, senders, settings):
+    settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 1
+    _, alpha = senders["alpha"]
+    with time_machine.travel(NOW, tick=False):
+        assert post(client, alpha, {"type": "nonsense"}).json()["rejected"]
+        assert post(client, alpha, event("10.0.0.1", 1)).status_code == 429
+    assert not DeadLetter.objects.filter(raw__ip="10.0.0.1").exists()  # refused: nothing kept either
 
 
 def test_the_rate_limit_answers_503_when_redis_is_down(client, senders, settings, counter_store_down):

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from domains.models import IP, WebhookToken
-from warmup.counters import get_store
+from warmup.counters import WindowFull, get_store
 from webhooks import cache, ratelimit
 from webhooks.auth import sign
 from webhooks.models import DeadLetter
@@ -77,7 +77,7 @@ def test_a_steady_state_single_event_costs_no_query(send, ips, django_assert_num
 
 
 @time_machine.travel(NOW, tick=False)
-def test_a_steady_state_single_event_costs_two_redis_round_trips(send, ips, monkeypatch):  # noqa: F811
+def test_a_steady_state_single_event_costs_one_redis_round_trip(send, ips, monkeypatch):  # noqa: F811
     sent = []
     original = redis.connection.AbstractConnection.send_packed_command
 
@@ -85,10 +85,10 @@ def test_a_steady_state_single_event_costs_two_redis_round_trips(send, ips, monk
         sent.append(command)
         return original(connection, command, check_health)
 
-    assert send().status_code == 200  # loads the caches
+    assert send().status_code == 200  # loads the caches, opens the window
     monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
     assert send().status_code == 200
-    assert len(sent) == 2  # the rate-limit window (INCR and EXPIRE together), then the counting script
+    assert len(sent) == 1  # the counting script, which counts the rate-limit window too
 
 
 @time_machine.travel(NOW, tick=False)
@@ -290,20 +290,36 @@ def test_an_unknown_webhook_path_goes_through_the_whole_stack(poster, clock):  #
 # --- Rate limit window ----------------------------------------------------------------------------
 
 
+def hits(tenant_id: int, now: float, count: int) -> list[bool]:
+    """Whether each of `count` requests with nothing to count was admitted."""
+    admitted = []
+    for _ in range(count):
+        try:
+            get_store().hit_window(ratelimit.window_for(tenant_id, now=now))
+        except WindowFull:
+            admitted.append(False)
+        else:
+            admitted.append(True)
+    return admitted
+
+
 def test_the_window_admits_the_limit_and_refuses_the_rest_of_the_minute(settings, redis_client):
     settings.WARMUP_COUNTER_BACKEND = "redis"
     settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 5
     now = 1_800_000_040.0  # 20 s before the minute ends
     key = ratelimit.window_key(7, int(now // 60))
     redis_client.set(key, 2)  # other processes have had 2
-    assert [ratelimit.check(7, now=now) for _ in range(4)] == [0, 0, 0, 20]
+    assert hits(7, now, 4) == [True, True, True, False]
+    assert ratelimit.retry_after(now=now) == 20
     assert int(redis_client.get(key)) == 6
-    assert ratelimit.check(7, now=now + 20) == 0  # a new window
-    assert ratelimit.check(8, now=now) == 0  # another tenant's
+    assert hits(7, now + 20, 1) == [True]  # a new window
+    assert hits(8, now, 1) == [True]  # another tenant's
 
 
 def test_the_database_store_counts_the_window_in_process(settings):
     settings.WARMUP_COUNTER_BACKEND = "database"
     settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 2
-    now = 1_900_000_000.0 + 7 * 60
-    assert [ratelimit.check(9, now=now) for _ in range(3)] == [0, 0, 20]
+    assert hits(9, 1_900_000_420.0, 3) == [True, True, False]
+    assert ratelimit.window_for(9) is not None
+    settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 0
+    assert ratelimit.window_for(9) is None  # off

@@ -27,7 +27,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from domains.models import Tenant
-from warmup.counters import GroupKey, References, get_store
+from warmup.counters import GroupKey, References, Window, get_store
 from webhooks import metrics, spikes
 from webhooks.attribution import Attributor
 from webhooks.events import DayOf, NormalisedEvent, count_items, event_key, provider_for
@@ -110,8 +110,10 @@ class Counted:
     dead: list[tuple[NormalisedEvent, str, str]] = field(default_factory=list)  # (event, reason, error)
 
 
-def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Counted:
+def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: Window | None = None) -> Counted:
     """Attribute each event to one of the tenant's IPs and count the attributed ones in one round trip.
+
+    The counting is a hit of the rate-limit `window`: WindowFull, with nothing counted, when it is full.
 
     The hot path of ingestion: per event a few dictionary look-ups and one list append, grouping the
     events by what they add (IP, day, provider, counts) for `CounterStore.count_grouped()`. With Redis,
@@ -206,14 +208,20 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent]) -> Count
     # The references go with the counts, written first: if they cannot be written, nothing is counted
     # and the sender posts the batch again.
     if groups:
-        result.accepted = ctx.store.count_grouped(groups, References(tenant_id, remember) if remember else None)
+        refs = References(tenant_id, remember) if remember else None
+        result.accepted = ctx.store.count_grouped(groups, refs, window)
         result.duplicates = len(attributed) - result.accepted
+    elif window is not None:
+        ctx.store.hit_window(window)  # a request with nothing to count is a request all the same
     return result
 
 
-def ingest(ctx: TenantContext, batch: Batch) -> IngestResult:
-    """Count a parsed batch for the context's tenant; keep what cannot be counted as dead letters."""
-    return finish(ctx, batch, count_events(ctx, batch.events))
+def ingest(ctx: TenantContext, batch: Batch, window: Window | None = None) -> IngestResult:
+    """Count a parsed batch for the context's tenant; keep what cannot be counted as dead letters.
+
+    With a rate-limit `window` that is full: WindowFull, and nothing counted or kept.
+    """
+    return finish(ctx, batch, count_events(ctx, batch.events, window))
 
 
 def finish(ctx: TenantContext, batch: Batch, counted: Counted) -> IngestResult:

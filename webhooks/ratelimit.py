@@ -1,11 +1,13 @@
 """Per-tenant rate limit of the webhook endpoints: WEBHOOK_RATE_LIMIT_PER_MINUTE requests a minute.
 
 A fixed window per tenant and per minute of the clock, counted per request (a batch of a thousand
-records is one request) in the counter store's `hit_window`: with Redis a key shared by every web
-process and host (``wp:rl:{t<tenant>}:<window>``, INCR and EXPIRE in one round trip); with the
-database store (the embedded default, one host) a count in the process's memory. Over the limit the
-view answers 429 with `Retry-After` (the seconds left in the window) and counts nothing, so that a
-well-behaved sender simply retries later. A limit of 0 or less turns the check off.
+records is one request) by the counter store, as a `Window` hit of the request's counting call: with
+Redis a key shared by every web process and host (``wp:rl:{t<tenant>}:<window>``), counted by the
+counting script in the same round trip as the events (a separate INCR on a cluster, or for a request
+with nothing to count); with the database store (the embedded default, one host) a count in the
+process's memory. Over the limit the view answers 429 with `Retry-After` (the seconds left in the
+window) and nothing of the request is counted or kept, so that a well-behaved sender simply retries
+later. A limit of 0 or less turns the check off.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import time
 
 from django.conf import settings
 
-from warmup.counters import get_store
+from warmup.counters import Window
 
 WINDOW_SECONDS = 60
 
@@ -24,17 +26,16 @@ def window_key(tenant_id: int, window: int) -> str:
     return f"wp:rl:{{t{tenant_id}}}:{window}"
 
 
-def check(tenant_id: int, *, now: float | None = None) -> int:
-    """Count one request of a tenant; 0 when it may proceed, else the seconds to wait (Retry-After).
-
-    Raises CounterStoreUnavailable when the counter store cannot be reached: the request could not be
-    counted anyway, and answering at once spares the sender a second timeout.
-    """
+def window_for(tenant_id: int, *, now: float | None = None) -> Window | None:
+    """The window a request of the tenant counts in now; None when the limit is off."""
     limit = settings.WEBHOOK_RATE_LIMIT_PER_MINUTE
     if limit <= 0:
-        return 0
+        return None
     now = time.time() if now is None else now
-    window = int(now // WINDOW_SECONDS)
-    if get_store().hit_window(window_key(tenant_id, window), WINDOW_SECONDS) <= limit:
-        return 0
-    return max(1, int((window + 1) * WINDOW_SECONDS - now + 0.999))
+    return Window(window_key(tenant_id, int(now // WINDOW_SECONDS)), limit, WINDOW_SECONDS)
+
+
+def retry_after(*, now: float | None = None) -> int:
+    """Seconds until the current window ends (the 429's Retry-After)."""
+    now = time.time() if now is None else now
+    return max(1, int((int(now // WINDOW_SECONDS) + 1) * WINDOW_SECONDS - now + 0.999))

@@ -5,8 +5,10 @@
 -- IP-day number, what it adds (position in ARGV[3]), events without a de-duplication key, events with
 -- one; the groups of an IP-day next to each other. ARGV[5] = per IP-day, how its de-duplication keys
 -- are cut (JSON array: a width, or the list of their lengths); ARGV[6] = per IP-day, what its groups add
--- when none of its events is a duplicate: [[field, amount, field, amount ...], ...] (JSON); ARGV[6 + n] =
--- the keys of IP-day n in the order of its groups, end to end (`_members`: a digest as its 16 bytes).
+-- when none of its events is a duplicate: [[field, amount, field, amount ...], ...] (JSON); ARGV[7] = the
+-- request's rate-limit window, as JSON [position of its key in KEYS, limit, seconds to keep it] ([0]:
+-- none); ARGV[7 + n] = the keys of IP-day n in the order of its groups, end to end (`_members`: a digest
+-- as its 16 bytes).
 -- A few strings rather than thousands of arguments: packing, sending and reading many arguments costs
 -- redis-py and Redis more than decoding costs the script.
 -- De-duplication is two commands per IP-day, whatever the number of its events: SMISMEMBER tells which
@@ -17,7 +19,19 @@
 -- duplicates. A single key needs the SADD alone. The set's expiry is renewed with each batch, so a key
 -- is remembered at least the TTL. Each field of an IP-day gets one HINCRBY per batch (Lua numbers are
 -- doubles: exact below 2^53), and the IP-days counted go to the index in one SADD.
--- Returns, per group with duplicates, {its number, 1-based positions among its keys of the duplicates ...}.
+-- The window is counted first (INCR; its first hit sets its expiry): over its limit, nothing else is done.
+-- Returns -1 for a full window, else, per group with duplicates, {its number, 1-based positions among its
+-- keys of the duplicates ...}.
+local window = cjson.decode(ARGV[7])
+if window[1] > 0 then
+  local hits = redis.call('INCR', KEYS[window[1]])
+  if hits == 1 then
+    redis.call('EXPIRE', KEYS[window[1]], window[3])
+  end
+  if hits > window[2] then
+    return -1
+  end
+end
 local ttl = ARGV[1]
 local index = tonumber(ARGV[2])
 local widths = cjson.decode(ARGV[5])
@@ -28,7 +42,7 @@ local found = {}
 local touched = {}
 for h = 1, #widths do
   local width = widths[h]
-  local packed = ARGV[6 + h]
+  local packed = ARGV[7 + h]
   local keys = {}
   local k = 0
   if type(width) == 'number' then

@@ -21,6 +21,8 @@ from .interface import (
     GroupKey,
     Increment,
     References,
+    Window,
+    WindowFull,
     check_increment,
     stored_ref,
     totals,
@@ -138,7 +140,14 @@ class DatabaseCounterStore(CounterStore):
         except DatabaseError as exc:
             raise CounterStoreUnavailable(f"the database is unreachable: {exc}") from exc
 
-    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], refs: References | None = None) -> int:
+    def count_grouped(
+        self,
+        groups: Mapping[GroupKey, Sequence[str | None]],
+        refs: References | None = None,
+        window: Window | None = None,
+    ) -> int:
+        if window is not None:
+            self.hit_window(window)
         increments = [
             Increment(ip_id, day, dict(items), provider, dedup_key)
             for (ip_id, day, provider, items), keys in groups.items()
@@ -188,15 +197,16 @@ class DatabaseCounterStore(CounterStore):
     _windows: dict[str, tuple[float, int]] = {}  # name -> (expiry on the monotonic clock, hits)
     _windows_lock = threading.Lock()
 
-    def hit_window(self, name: str, seconds: int) -> int:
+    def hit_window(self, window: Window) -> None:
         now = time.monotonic()
         with self._windows_lock:
             if len(self._windows) > 10_000:  # forget finished windows now and then
                 for stale in [key for key, (expiry, _) in self._windows.items() if expiry <= now]:
                     del self._windows[stale]
-            expiry, hits = self._windows.get(name, (now + 2 * seconds, 0))
-            self._windows[name] = (expiry, hits + 1)
-        return hits + 1
+            expiry, hits = self._windows.get(window.name, (now + 2 * window.seconds, 0))
+            self._windows[window.name] = (expiry, hits + 1)
+        if hits + 1 > window.limit:
+            raise WindowFull(window.name)
 
 
 def _is_unavailable(exc: DatabaseError) -> bool:

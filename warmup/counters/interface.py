@@ -41,6 +41,20 @@ class References:
     refs: Mapping[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A fixed window of requests (the webhooks' rate limit): each counting call is one hit of `name`,
+    at most `limit` hits while the window lasts (`seconds`)."""
+
+    name: str
+    limit: int
+    seconds: int
+
+
+class WindowFull(Exception):
+    """The window has had its `limit` hits: nothing was counted."""
+
+
 class CounterStoreUnavailable(Exception):
     """The counter store cannot be reached; nothing of the batch was counted."""
 
@@ -114,12 +128,18 @@ class CounterStore:
         """De-duplicate and count a batch atomically; True = counted, False = duplicate."""
         raise NotImplementedError
 
-    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], refs: References | None = None) -> int:
+    def count_grouped(
+        self,
+        groups: Mapping[GroupKey, Sequence[str | None]],
+        refs: References | None = None,
+        window: Window | None = None,
+    ) -> int:
         """`apply()` for a batch grouped by what its events add: each group's de-duplication keys (None:
         always counted). The batch's message references `refs` are written first, in the same round trip
         (Redis) or transaction (database): a batch whose references cannot be written is not counted.
         Atomic per IP-day at least (the whole batch on a single Redis node or in the database); returns
-        how many were counted (the rest were duplicates).
+        how many were counted (the rest were duplicates). The call is first a hit of `window`, in the
+        same round trip on a single Redis node: WindowFull, with nothing counted, when it is full.
         """
         raise NotImplementedError
 
@@ -131,8 +151,8 @@ class CounterStore:
         """Remember references (reference -> IP id) for WEBHOOK_MESSAGE_REF_TTL_DAYS."""
         raise NotImplementedError
 
-    def hit_window(self, name: str, seconds: int) -> int:
-        """Count one hit in the fixed window `name` (it lasts `seconds`); the hits so far, this one included."""
+    def hit_window(self, window: Window) -> None:
+        """Count one hit of the window (a request with nothing to count); WindowFull when it is full."""
         raise NotImplementedError
 
     def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:

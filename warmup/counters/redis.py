@@ -30,6 +30,8 @@ from .interface import (
     GroupKey,
     Increment,
     References,
+    Window,
+    WindowFull,
     _fields_of,
     group_increments,
     stored_ref,
@@ -137,22 +139,38 @@ class RedisCounterStore(CounterStore):
         return [(place not in duplicates) for place in places]
 
     @_redis_reachable
-    def count_grouped(self, groups: Mapping[GroupKey, Sequence[str | None]], refs: References | None = None) -> int:
+    def count_grouped(
+        self,
+        groups: Mapping[GroupKey, Sequence[str | None]],
+        refs: References | None = None,
+        window: Window | None = None,
+    ) -> int:
         also = self._refs_write(refs.tenant_id, refs.refs) if refs is not None and refs.refs else None
-        return sum(len(keys) for keys in groups.values()) - len(self._count(groups, also))
+        return sum(len(keys) for keys in groups.values()) - len(self._count(groups, also, window))
 
-    def _count(self, groups: Mapping[GroupKey, Sequence[str | None]], also: HashWrite | None = None) -> set[tuple]:
-        """Write `also`, then de-duplicate and count the groups; the duplicates as (group key, position).
+    def _count(
+        self,
+        groups: Mapping[GroupKey, Sequence[str | None]],
+        also: HashWrite | None = None,
+        window: Window | None = None,
+    ) -> set[tuple]:
+        """Hit `window`, write `also`, then de-duplicate and count the groups; the duplicates as (group
+        key, position). WindowFull, with nothing written, when the window is full.
 
-        On a single node: one script call for the whole batch (atomic), `also` pipelined ahead of it in
-        the same round trip. On a cluster: `also` first (a batch whose references cannot be written is not
-        counted), then one script call per hash slot (a script may only touch keys of one slot), then
-        the index, written after the counts so that consolidation, which removes an index entry before
-        renaming the hash, never loses an IP-day.
+        On a single node: one script call for the whole batch (atomic, the window's hit included), `also`
+        pipelined ahead of it in the same round trip. On a cluster: the window, then `also` (a batch whose
+        references cannot be written is not counted), then one script call per hash slot (a script may
+        only touch keys of one slot), then the index, written after the counts so that consolidation,
+        which removes an index entry before renaming the hash, never loses an IP-day.
         """
         if not self.cluster:
-            keys, args, context = self._encode_apply(list(groups.items()), with_index=True)
-            return self._decode_apply(context, self._run_script(keys, args, also), touched=None)
+            keys, args, context = self._encode_apply(list(groups.items()), with_index=True, window=window)
+            reply = self._run_script(keys, args, also)
+            if reply == -1:
+                raise WindowFull(window.name)
+            return self._decode_apply(context, reply, touched=None)
+        if window is not None:
+            self.hit_window(window)
         if also is not None:
             self._write(also)
         by_slot: dict[int, list] = defaultdict(list)
@@ -190,7 +208,9 @@ class RedisCounterStore(CounterStore):
         pipe.expire(also.key, also.ttl)
         pipe.execute()
 
-    def _encode_apply(self, items: list, with_index: bool) -> tuple[list[str], list, tuple]:
+    def _encode_apply(
+        self, items: list, with_index: bool, window: Window | None = None
+    ) -> tuple[list[str], list, tuple]:
         """The keys and arguments of one `_APPLY_LUA` call for `items` (sorted by IP-day), and what
         `_decode_apply` needs to read its reply."""
         items.sort(key=_ip_day_of)  # the script wants the groups of an IP-day next to each other
@@ -237,7 +257,13 @@ class RedisCounterStore(CounterStore):
             keys.append(INDEX_KEY)
             index = len(keys)
         flat_sums = [[item for pair in sums.items() for item in pair] for sums in day_sums]
-        args = [self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(widths), _dumps(flat_sums), *packed]
+        window_spec = "[0]"
+        if window is not None:
+            keys.append(window.name)
+            window_spec = _dumps([len(keys), window.limit, 2 * window.seconds])  # kept past its end
+        args = [
+            self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(widths), _dumps(flat_sums), window_spec, *packed
+        ]  # fmt: skip
         return keys, args, (items, keys, keyed_positions, hashes)
 
     @staticmethod
@@ -335,12 +361,12 @@ class RedisCounterStore(CounterStore):
     # --- Fixed windows (the webhooks' rate limit): a counter key per window, expiring after it ------
 
     @_redis_reachable
-    def hit_window(self, name: str, seconds: int) -> int:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.incr(name)
-        pipe.expire(name, 2 * seconds, nx=True)  # kept past the window: a slow clock never resets a live one
-        hits, _ = pipe.execute()
-        return int(hits)
+    def hit_window(self, window: Window) -> None:
+        hits = self.client.incr(window.name)
+        if hits == 1:  # the window's first hit sets its expiry, kept past it: a slow clock never resets it
+            self.client.expire(window.name, 2 * window.seconds)
+        if hits > window.limit:
+            raise WindowFull(window.name)
 
     # --- Consolidation primitives (used by consolidation.py) ----------------------------------------
 
