@@ -8,7 +8,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/warmup_portal
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 PYTEST_ARGS ?=
 
-.PHONY: run test venv dev-venv migrate lint check-services bench clean
+.PHONY: run test venv dev-venv migrate lint check-services browser bench clean
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,7 +38,11 @@ run: venv
 check-services: dev-venv
 	@DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python scripts/check_services.py
 
-test: check-services
+# The browser test's Chromium (Debian's package), installed when missing; one line says so when it cannot be.
+browser:
+	@bash .ci/install-browser
+
+test: check-services browser
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: dev-venv

@@ -96,3 +96,15 @@ def test_an_invalid_scenario_names_the_field(tmp_path):
     path.write_text("{not json")
     with pytest.raises(CommandError, match="not valid JSON"):
         call_command("simulate_warmup", "--scenario", str(path))
+
+
+@pytest.mark.django_db
+def test_the_simulator_needs_no_test_clock(capsys, tmp_path, monkeypatch):
+    # Production installs requirements.txt only: a time_machine that cannot be imported must not matter,
+    # since the simulator passes its clock to the engine instead of patching the real one.
+    (tmp_path / "time_machine.py").write_text("raise ImportError('time_machine is a test-only package')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    result = run(capsys, SCENARIOS / "bounce_spike.json")
+    days = timeline(result, "45.123.10.1")
+    assert [day["status"] for day in days[9:13]] == ["warming", "paused", "paused", "warming"]
+    assert "time-machine" not in (SCENARIOS.parent.parent / "requirements.txt").read_text()

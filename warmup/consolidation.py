@@ -4,13 +4,10 @@ A day is finished once it is over in its tenant's zone; every such day is moved,
 because late opens and asynchronous bounces land on old dates. Each increment reaches `DailyStat` once,
 even if consolidation is killed at any instant and run again, and while increments keep arriving:
 
-- Redis: each finished IP-day's hash is renamed to a batch key in the same slot and the batch is
-  recorded in an in-flight set (one atomic script). The batches are read, then ONE database transaction
-  writes their ids to the `ConsolidationBatch` ledger and adds their figures to `DailyStat`; only after
-  the commit are the batch keys deleted. A later run finds the leftovers of a killed one in the in-flight
-  set: those in the ledger are deleted, the others applied.
-- Database: the finished `CounterCell` rows are locked, added to `DailyStat` and deleted in one
-  transaction.
+How the finished IP-days are taken out of the counter store, exactly once, is the store's own
+(`CounterStore.consolidate`: Redis renames them to batches recorded in a ledger; the database store
+moves its rows in one transaction); this module gives it a `Run`: the time, the report, the tenants'
+zones and the writing of figures into `DailyStat`, and raises the alerts of every run.
 
 Everything is done in bulk (a constant number of queries and round trips for any number of IP-days).
 Runs exclude one another with a PostgreSQL advisory lock (SQLite allows a single writer anyway).
@@ -20,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,15 +24,15 @@ from dataclasses import field as dataclass_field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
-from django.db import connection, transaction
+from django.db import connection
 from django.utils import timezone
 
-from domains.models import IP, Tenant
+from domains.models import IP
 from warmup_portal.collector import gc_paused
 
 from . import alerts
-from .counters import COUNTERS, Batch, DatabaseCounterStore, RedisCounterStore, get_store, split_field
-from .models import ConsolidationBatch, CounterCell, DailyStat
+from .counters import COUNTERS, get_store, split_field
+from .models import DailyStat
 
 logger = logging.getLogger(__name__)
 
@@ -77,110 +73,37 @@ def consolidate(now: datetime | None = None, store=None) -> ConsolidationReport:
 
 
 def _consolidate(now: datetime, store) -> ConsolidationReport:
-    if isinstance(store, RedisCounterStore):
-        with _session_lock(), gc_paused():
-            return _consolidate_redis(store, now)
-    if isinstance(store, DatabaseCounterStore):
-        with gc_paused():
-            return _consolidate_database(now)
-    raise TypeError(f"cannot consolidate a {type(store).__name__}")
+    run = Run(now)
+    with _session_lock(), gc_paused():
+        store.consolidate(run)
+    return run.report
 
 
 def checkpoint(step: str) -> None:
     """A named point between two steps; does nothing. The crash tests kill the process here."""
 
 
-# --- Redis -----------------------------------------------------------------------------------------
+class Run:
+    """What a counter store's `consolidate()` is handed: the time, the report, and the shared steps."""
 
+    CHUNK = CHUNK
 
-def _consolidate_redis(store: RedisCounterStore, now: datetime) -> ConsolidationReport:
-    report = ConsolidationReport()
-    leftovers = store.in_flight()
-    if leftovers:
-        applied = set(
-            ConsolidationBatch.objects.filter(batch_id__in=[b.batch_id for b in leftovers]).values_list(
-                "batch_id", flat=True
-            )
-        )
-        store.forget_batches([b for b in leftovers if b.batch_id in applied])
-        checkpoint("leftovers_forgotten")
-        unapplied = [b for b in leftovers if b.batch_id not in applied]
-        report.recovered = len(leftovers)
-        _apply_batches(store, unapplied, _ip_zones({b.ip_id for b in unapplied}), report)
+    def __init__(self, now: datetime):
+        self.now = now
+        self.report = ConsolidationReport()
 
-    pending = store.pending_ip_days()
-    zones = _ip_zones({ip_id for ip_id, _ in pending})
-    todays = _todays(zones.values(), now)
-    # An IP deleted since its events were counted has nowhere to go: its days are claimed and dropped.
-    finished = [(ip_id, day) for ip_id, day in pending if ip_id not in zones or day < todays[zones[ip_id]]]
-    batches = store.claim(finished)
-    checkpoint("claimed")
-    _apply_batches(store, batches, zones, report)
-    return report
+    def checkpoint(self, step: str) -> None:
+        checkpoint(step)  # looked up at each call: the crash tests replace it
 
+    def zones(self, ip_ids: Iterable[int]) -> dict[int, str]:
+        return _ip_zones(ip_ids)
 
-def _apply_batches(store: RedisCounterStore, batches: list[Batch], zones: dict, report: ConsolidationReport) -> None:
-    for start in range(0, len(batches), CHUNK):
-        chunk = batches[start : start + CHUNK]
-        figures: dict[tuple[int, date], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for batch, fields in zip(chunk, store.read_batches(chunk), strict=True):
-            if batch.ip_id not in zones:
-                logger.warning("Dropping counts of deleted IP #%s on %s: %s", batch.ip_id, batch.day, fields)
-                continue
-            for field, value in fields.items():
-                figures[(batch.ip_id, batch.day)][field] += value
-        checkpoint("read")
-        with transaction.atomic():
-            ConsolidationBatch.objects.bulk_create(
-                [
-                    ConsolidationBatch(batch_id=b.batch_id, ip_id=b.ip_id if b.ip_id in zones else None, date=b.day)
-                    for b in chunk
-                ]
-            )
-            _add_to_daily_stats(figures, report)
-            checkpoint("written")
-            # After the commit (of the outermost transaction, when a caller holds one): had the
-            # transaction rolled back, the batches would stay in flight and be applied next time.
-            transaction.on_commit(lambda chunk=chunk: _forget(store, chunk))
+    def todays(self, zones: Iterable[str]) -> dict[str, date]:
+        return _todays(zones, self.now)
 
-
-def _forget(store: RedisCounterStore, batches: list[Batch]) -> None:
-    checkpoint("committed")
-    store.forget_batches(batches)
-    checkpoint("forgotten")
-
-
-# --- Database ----------------------------------------------------------------------------------------
-
-
-def _consolidate_database(now: datetime) -> ConsolidationReport:
-    report = ConsolidationReport()
-    todays = _todays(Tenant.objects.values_list("time_zone", flat=True).distinct(), now)
-    if not todays:
-        return report
-    with transaction.atomic():
-        _transaction_lock()
-        cells = (
-            CounterCell.objects.select_for_update(of=("self",))
-            .filter(date__lt=max(todays.values()))
-            .values_list("id", "ip_id", "date", "field", "value", "ip__tenant__time_zone")
-        )
-        figures: dict[tuple[int, date], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        moved = []
-        for cell_id, ip_id, day, field, value, zone in cells:
-            if day < todays[zone]:
-                figures[(ip_id, day)][field] += value
-                moved.append(cell_id)
-        checkpoint("read")
-        keys = list(figures)
-        for start in range(0, len(keys), CHUNK):
-            _add_to_daily_stats({key: figures[key] for key in keys[start : start + CHUNK]}, report)
-        checkpoint("written")
-        for start in range(0, len(moved), CHUNK):
-            CounterCell.objects.filter(id__in=moved[start : start + CHUNK]).delete()
-        checkpoint("deleted")
-    checkpoint("committed")
-    return report
+    def add(self, figures: Mapping[tuple[int, date], Mapping[str, int]]) -> None:
+        """Add per-field figures of IP-days to DailyStat (in the caller's transaction)."""
+        _add_to_daily_stats(figures, self.report)
 
 
 # --- Shared --------------------------------------------------------------------------------------------
@@ -269,15 +192,3 @@ def _session_lock() -> Iterator[None]:
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [LOCK_ID])
-
-
-def _transaction_lock() -> None:
-    """Serialise consolidation runs for the rest of the transaction."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [LOCK_ID])
-        else:
-            # SQLite: take the write lock now rather than upgrade a read lock later, which would fail
-            # with "database is locked" as soon as a counter write is waiting.
-            table = connection.ops.quote_name(CounterCell._meta.db_table)
-            cursor.execute(f"UPDATE {table} SET value = value WHERE 1 = 0")

@@ -367,7 +367,8 @@ class CounterCell(models.Model):
     """The database counter store (embedded default): one row per IP, day and counter field.
 
     `field` is a counter name, optionally with a provider ("sent" or "sent:gmail"). Increments are
-    `UPDATE ... SET value = value + n` in the transaction that records the event's de-duplication key.
+    upserts (`INSERT ... ON CONFLICT (ip, date, field) DO UPDATE SET value = value + EXCLUDED.value`) in
+    the transaction that records the events' de-duplication keys.
     """
 
     ip = models.ForeignKey(IP, on_delete=models.CASCADE, related_name="+")

@@ -9,7 +9,7 @@ date counts as processed by the tick); a later one waits as `scheduled`.
 from __future__ import annotations
 
 import re
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -118,6 +118,7 @@ def add_domain_with_ip(
     force: bool = False,
     mta_source_name: str = "",
     user=None,
+    now: datetime | None = None,
 ) -> WarmupPlan:
     """Create a domain, its IP and the IP's warmup plan, all or nothing.
 
@@ -164,7 +165,7 @@ def add_domain_with_ip(
     if errors:
         raise ValidationError(errors)
 
-    now = timezone.now()
+    now = now or timezone.now()  # the simulator passes its own clock
     today = now.astimezone(tenant.zone).date()
     try:
         with transaction.atomic():

@@ -2,7 +2,7 @@
 
 `simulate(scenario)` runs in a child process whose settings point at a fresh SQLite file with the
 database counter store (so no Redis key is touched), with alerts in dry-run (none leaves), and a
-simulated clock (time_machine). Nothing persists: the file is deleted afterwards.
+simulated clock passed to the engine. Nothing persists: the file is deleted afterwards.
 
 Scenario (PRODUCT.md section 7):
 
@@ -136,7 +136,6 @@ def _run_in_child(scenario: dict) -> dict:
     import django
 
     django.setup()
-    import time_machine
     from django.conf import settings
     from django.core.management import call_command
 
@@ -155,65 +154,66 @@ def _run_in_child(scenario: dict) -> dict:
     def at(day: dt.date, hour: int) -> dt.datetime:
         return dt.datetime.combine(day, dt.time(hour), tzinfo=zone)
 
-    with time_machine.travel(at(first, 0), tick=False) as clock:
-        tenant = Tenant.objects.create(name="Simulation", slug="simulation", time_zone=scenario["timezone"])
-        for ip in sorted(scenario["ips"], key=lambda ip: ip["start_day"]):
-            onboarding.add_domain_with_ip(
-                tenant=tenant,
-                domain=ip["domain"],
-                ip=ip["address"],
-                start=first + dt.timedelta(days=ip["start_day"] - 1),
-                force=True,
-            )
-        overrides: dict[tuple[int, str], dict] = {}
-        for event in scenario["events"]:
-            key = (event["day"], event["ip"])
-            overrides.setdefault(key, {}).update({k: v for k, v in event.items() if k not in ("day", "ip")})
+    # The simulated clock is passed to what reads the time (onboarding, the tick and its consolidation):
+    # nothing here reads or patches the real clock.
+    tenant = Tenant.objects.create(name="Simulation", slug="simulation", time_zone=scenario["timezone"])
+    for ip in sorted(scenario["ips"], key=lambda ip: ip["start_day"]):
+        onboarding.add_domain_with_ip(
+            tenant=tenant,
+            domain=ip["domain"],
+            ip=ip["address"],
+            start=first + dt.timedelta(days=ip["start_day"] - 1),
+            force=True,
+            now=at(first, 0),
+        )
+    overrides: dict[tuple[int, str], dict] = {}
+    for event in scenario["events"]:
+        key = (event["day"], event["ip"])
+        overrides.setdefault(key, {}).update({k: v for k, v in event.items() if k not in ("day", "ip")})
 
-        days_out = []
-        for number in range(1, scenario["days"] + 1):
-            today = first + dt.timedelta(days=number - 1)
-            clock.move_to(at(today, tick_hour))
-            engine.tick(as_of=today)
-            ips_out = []
-            plans = WarmupPlan.objects.select_related("ip").order_by("ip__address")
-            for plan in plans:
-                traffic = {**scenario["traffic"], **overrides.get((number, plan.ip.address), {})}
-                quota = plan.daily_quota
-                sent = math.floor(traffic["utilization"] * quota)
-                bounced = round(sent * traffic["bounce_rate"] / 100)
-                delivered = sent - bounced
-                counts = {
+    days_out = []
+    for number in range(1, scenario["days"] + 1):
+        today = first + dt.timedelta(days=number - 1)
+        engine.tick(as_of=today, now=at(today, tick_hour))
+        ips_out = []
+        plans = WarmupPlan.objects.select_related("ip").order_by("ip__address")
+        for plan in plans:
+            traffic = {**scenario["traffic"], **overrides.get((number, plan.ip.address), {})}
+            quota = plan.daily_quota
+            sent = math.floor(traffic["utilization"] * quota)
+            bounced = round(sent * traffic["bounce_rate"] / 100)
+            delivered = sent - bounced
+            counts = {
+                "sent": sent,
+                "delivered": delivered,
+                "bounced": bounced,
+                "complaints": round(delivered * traffic["complaint_rate"] / 100),
+                "opens": round(delivered * traffic["open_rate"] / 100),
+                "clicks": round(delivered * traffic["click_rate"] / 100),
+            }
+            if sent:
+                stats.record_stats(plan.ip, counts, day=today)
+            ips_out.append(
+                {
+                    "ip": plan.ip.address,
+                    "phase": plan.phase,
+                    "status": plan.ip.status,
+                    "plan_status": plan.status,
+                    "daily_quota": quota,
                     "sent": sent,
                     "delivered": delivered,
                     "bounced": bounced,
-                    "complaints": round(delivered * traffic["complaint_rate"] / 100),
-                    "opens": round(delivered * traffic["open_rate"] / 100),
-                    "clicks": round(delivered * traffic["click_rate"] / 100),
-                }
-                if sent:
-                    stats.record_stats(plan.ip, counts, day=today)
-                ips_out.append(
-                    {
-                        "ip": plan.ip.address,
-                        "phase": plan.phase,
-                        "status": plan.ip.status,
-                        "plan_status": plan.status,
-                        "daily_quota": quota,
-                        "sent": sent,
-                        "delivered": delivered,
-                        "bounced": bounced,
-                        "complaints": counts["complaints"],
-                    }
-                )
-            days_out.append(
-                {
-                    "day": number,
-                    "date": today.isoformat(),
-                    "total_daily_capacity": sum(entry["daily_quota"] for entry in ips_out),
-                    "ips": ips_out,
+                    "complaints": counts["complaints"],
                 }
             )
+        days_out.append(
+            {
+                "day": number,
+                "date": today.isoformat(),
+                "total_daily_capacity": sum(entry["daily_quota"] for entry in ips_out),
+                "ips": ips_out,
+            }
+        )
 
     events_out = []
     for event in AuditEvent.objects.select_related("plan__ip").order_by("created_at", "id"):

@@ -127,7 +127,8 @@ def count_items(event_type: str, bounce_class: str = "", async_bounce: bool = Fa
 
 # --- Bounce classification --------------------------------------------------------------------------
 
-# PowerMTA publishes no hard/soft split; this is the portal's (docs/FORMATS.md).
+# PowerMTA publishes no hard/soft split of its bounceCat values (PowerMTA User's Guide, accounting
+# files); this one is the portal's, as PRODUCT.md section 6 states it.
 POWERMTA_CATEGORY_CLASS = {
     "bad-mailbox": BounceClass.HARD,
     "bad-domain": BounceClass.HARD,

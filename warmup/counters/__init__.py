@@ -1,30 +1,29 @@
 """The counter store: per IP, per day, per mailbox provider counts, de-duplicated and atomic per IP-day.
 
-Two backends behind one interface (PRODUCT.md sections 3 and 6):
+One object, built once from settings (`get_store()`), owns everything the counting needs to share between
+processes: the counters and their de-duplication keys, the message references that attribute later
+events, the webhooks' rate-limit windows, and the taking of finished days for consolidation. Two
+backends behind one interface (`interface.CounterStore`; PRODUCT.md sections 3 and 6), and no code
+outside this package asks which one it has:
 
-- `RedisCounterStore` (production): one hash per IP-day, key ``wp:{ip:<id>:<YYYY-MM-DD>}:c``, with a field
-  per counter and provider (``sent:gmail``). The braces are a Redis Cluster hash tag, so an IP-day, the
-  set of the de-duplication keys of the events counted into it (``...}:d``, expiring
+- `RedisCounterStore` (production, `redis.py`): one hash per IP-day, key ``wp:{ip:<id>:<YYYY-MM-DD>}:c``,
+  with a field per counter and provider (``sent:gmail``). The braces are a Redis Cluster hash tag, so an
+  IP-day, the set of the de-duplication keys of the events counted into it (``...}:d``, expiring
   WEBHOOK_DEDUP_TTL_DAYS after its last write) and the batches consolidation renames it to
-  (``...}:b:<uuid>``) share one slot. A batch of increments is de-duplicated and counted by a Lua
-  script, each IP-day atomically: one round trip on a single node, one per slot group on a cluster.
-  The ingestion pipeline's batches send their IP-days in parts, a script call each, all read in that
-  one round trip (`RedisCounterStore._run_apply`). An index set lists the IP-days that hold counts, so
-  consolidation never has to SCAN.
-- `DatabaseCounterStore` (the embedded default): `CounterCell` rows (ip, date, ``counter:provider``) and
-  `CounterDedupKey` rows, written in one transaction per batch with upserts, so that several processes
-  sum exactly.
-
-Consolidation (`consolidation.py`) moves finished days into `DailyStat`; it uses the storage primitives at
-the end of each class (pending IP-days, claiming, reading and forgetting batches).
+  (``...}:b:<uuid>``) share one slot. A batch is de-duplicated and counted by one Lua script
+  (`apply.lua`): on a single node one call for the whole batch, atomic, with the batch's message
+  references and the request's rate-limit window in the same round trip; on a cluster one call per
+  slot. An index set lists the IP-days that hold counts, so consolidation never has to SCAN.
+- `DatabaseCounterStore` (the embedded default, `database.py`): `CounterCell` rows (ip, date,
+  ``counter:provider``), `CounterDedupKey` and `MessageRef` rows, written in one transaction per batch
+  with upserts, so that several processes sum exactly; rate-limit windows in the process's memory.
 
 This is the webhooks' hot path. `count_grouped()` takes a batch already grouped by what its events add
 (the ingestion pipeline builds the groups as it attributes, a dictionary append per event), so this
 side does no per-event work but joining the keys; the script de-duplicates an IP-day's keys with two set
 commands (`SMISMEMBER`, `SADD`), not a command per event, and adds each group's total once per field
 (`HINCRBY` per IP-day and field, not per event). `apply()` (the interface for everyone else) groups its
-increments and runs the same script.
-"""
+increments and runs the same script."""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models import Sum
 from django.utils import timezone
 
+from domains.models import Tenant
+
 from ..models import CounterCell, CounterDedupKey, MessageRef
 from .interface import (
     CounterStore,
@@ -207,6 +209,46 @@ class DatabaseCounterStore(CounterStore):
             self._windows[window.name] = (expiry, hits + 1)
         if hits + 1 > window.limit:
             raise WindowFull(window.name)
+
+    # --- Consolidation (`warmup.consolidation`): the finished `CounterCell` rows are locked, added to
+    # `DailyStat` and deleted in one transaction.
+
+    def consolidate(self, run) -> None:
+        todays = run.todays(Tenant.objects.values_list("time_zone", flat=True).distinct())
+        if not todays:
+            return
+        with transaction.atomic():
+            _lock_cells()
+            cells = (
+                CounterCell.objects.select_for_update(of=("self",))
+                .filter(date__lt=max(todays.values()))
+                .values_list("id", "ip_id", "date", "field", "value", "ip__tenant__time_zone")
+            )
+            figures: dict[tuple[int, date], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+            moved = []
+            for cell_id, ip_id, day, field, value, zone in cells:
+                if day < todays[zone]:
+                    figures[(ip_id, day)][field] += value
+                    moved.append(cell_id)
+            run.checkpoint("read")
+            keys = list(figures)
+            for start in range(0, len(keys), run.CHUNK):
+                run.add({key: figures[key] for key in keys[start : start + run.CHUNK]})
+            run.checkpoint("written")
+            for start in range(0, len(moved), run.CHUNK):
+                CounterCell.objects.filter(id__in=moved[start : start + run.CHUNK]).delete()
+            run.checkpoint("deleted")
+        run.checkpoint("committed")
+
+
+def _lock_cells() -> None:
+    """SQLite: take the write lock now rather than upgrade a read lock later, which would fail with
+    "database is locked" as soon as a counter write is waiting. (PostgreSQL runs are serialised by the
+    advisory lock consolidation holds.)"""
+    if connection.vendor == "sqlite":
+        with connection.cursor() as cursor:
+            table = connection.ops.quote_name(CounterCell._meta.db_table)
+            cursor.execute(f"UPDATE {table} SET value = value WHERE 1 = 0")
 
 
 def _is_unavailable(exc: DatabaseError) -> bool:

@@ -151,6 +151,11 @@ class CounterStore:
         """Remember references (reference -> IP id) for WEBHOOK_MESSAGE_REF_TTL_DAYS."""
         raise NotImplementedError
 
+    def consolidate(self, run) -> None:
+        """Move every finished IP-day into `DailyStat` through `run` (`warmup.consolidation.Run`), exactly
+        once even if killed at any instant and run again, and while increments keep arriving."""
+        raise NotImplementedError
+
     def hit_window(self, window: Window) -> None:
         """Count one hit of the window (a request with nothing to count); WindowFull when it is full."""
         raise NotImplementedError

@@ -7,6 +7,7 @@ IP-day atomically; `claim.lua` sets IP-days aside for consolidation.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections import defaultdict
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import redis
 from django.conf import settings
+from django.db import transaction
 
 from warmup_portal.redis import get_redis
 
+from ..models import ConsolidationBatch
 from .interface import (
     PROVIDERS,
     Batch,
@@ -37,6 +40,8 @@ from .interface import (
     stored_ref,
     totals,
 )
+
+logger = logging.getLogger(__name__)
 
 INDEX_KEY = "wp:index:ipdays"  # IP-days holding counts (members are their hash keys)
 IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and not yet forgotten
@@ -441,3 +446,61 @@ class RedisCounterStore(CounterStore):
     @staticmethod
     def batch_key(batch: Batch) -> str:
         return f"{day_tag(batch.ip_id, batch.day)}:b:{batch.batch_id}"
+
+    # --- Consolidation (`warmup.consolidation`): each finished IP-day's hash is renamed to a batch key in
+    # the same slot and recorded in an in-flight set (one atomic script); the batches are read, then ONE
+    # database transaction writes their ids to the `ConsolidationBatch` ledger and adds their figures to
+    # `DailyStat`; only after the commit are the batch keys deleted. A later run finds the leftovers of
+    # a killed one in the in-flight set: those in the ledger are deleted, the others applied.
+
+    def consolidate(self, run) -> None:
+        leftovers = self.in_flight()
+        if leftovers:
+            applied = set(
+                ConsolidationBatch.objects.filter(batch_id__in=[b.batch_id for b in leftovers]).values_list(
+                    "batch_id", flat=True
+                )
+            )
+            self.forget_batches([b for b in leftovers if b.batch_id in applied])
+            run.checkpoint("leftovers_forgotten")
+            unapplied = [b for b in leftovers if b.batch_id not in applied]
+            run.report.recovered = len(leftovers)
+            self._apply_batches(run, unapplied, run.zones({b.ip_id for b in unapplied}))
+
+        pending = self.pending_ip_days()
+        zones = run.zones({ip_id for ip_id, _ in pending})
+        todays = run.todays(zones.values())
+        # An IP deleted since its events were counted has nowhere to go: its days are claimed and dropped.
+        finished = [(ip_id, day) for ip_id, day in pending if ip_id not in zones or day < todays[zones[ip_id]]]
+        batches = self.claim(finished)
+        run.checkpoint("claimed")
+        self._apply_batches(run, batches, zones)
+
+    def _apply_batches(self, run, batches: list[Batch], zones: dict[int, str]) -> None:
+        for start in range(0, len(batches), run.CHUNK):
+            chunk = batches[start : start + run.CHUNK]
+            figures: dict[tuple[int, date], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+            for batch, fields in zip(chunk, self.read_batches(chunk), strict=True):
+                if batch.ip_id not in zones:
+                    logger.warning("Dropping counts of deleted IP #%s on %s: %s", batch.ip_id, batch.day, fields)
+                    continue
+                for field, value in fields.items():
+                    figures[(batch.ip_id, batch.day)][field] += value
+            run.checkpoint("read")
+            with transaction.atomic():
+                ConsolidationBatch.objects.bulk_create(
+                    [
+                        ConsolidationBatch(batch_id=b.batch_id, ip_id=b.ip_id if b.ip_id in zones else None, date=b.day)
+                        for b in chunk
+                    ]
+                )
+                run.add(figures)
+                run.checkpoint("written")
+                # After the commit (of the outermost transaction, when a caller holds one): had the
+                # transaction rolled back, the batches would stay in flight and be applied next time.
+                transaction.on_commit(lambda chunk=chunk: self._forget(run, chunk))
+
+    def _forget(self, run, batches: list[Batch]) -> None:
+        run.checkpoint("committed")
+        self.forget_batches(batches)
+        run.checkpoint("forgotten")
