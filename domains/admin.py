@@ -24,7 +24,7 @@ from django.urls import path, reverse
 from django.utils.functional import cached_property
 from django.utils.translation import ngettext
 
-from .models import IP, Domain, Tenant, WebhookToken
+from .models import IP, Domain, MTASource, Tenant, WebhookToken
 
 logger = logging.getLogger(__name__)
 
@@ -289,6 +289,67 @@ class TenantAdmin(TenantScopedAdmin):
             raise PermissionDenied
         self._issue_token(request, tenant)
         return HttpResponseRedirect(reverse("admin:domains_tenant_change", args=[tenant.pk]))
+
+
+# --- MTA sources -----------------------------------------------------------------------------------
+
+
+@admin.register(MTASource)
+class MTASourceAdmin(admin.ModelAdmin):
+    """Installation-level senders (one MTA posting for several tenants): superusers only."""
+
+    list_display = ("name", "home_tenant", "tenant_list", "active_tokens")
+    list_select_related = ("home_tenant",)
+    filter_horizontal = ("tenants",)
+    inlines = (WebhookTokenInline,)
+    actions = ("rotate_webhook_token",)
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .prefetch_related("tenants")
+            .annotate(
+                n_tokens=Count(
+                    "webhook_tokens", filter=models.Q(webhook_tokens__revoked_at__isnull=True), distinct=True
+                )
+            )
+        )
+
+    @admin.display(description="tenants")
+    def tenant_list(self, obj) -> str:
+        return ", ".join(tenant.name for tenant in obj.tenants.all())
+
+    @admin.display(description="active tokens", ordering="n_tokens")
+    def active_tokens(self, obj) -> int:
+        return obj.n_tokens
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    @admin.action(description="Rotate the webhook token (revoke the others)", permissions=["change"])
+    def rotate_webhook_token(self, request, queryset):
+        for source in queryset:
+            _, token = WebhookToken.issue(mta_source=source, rotate=True)
+            self.log_change(request, source, "Rotated the webhook token (older tokens revoked).")
+            # Only the hash is stored: this message is the one time the token can be read.
+            self.message_user(
+                request,
+                f"New webhook token for {source.name} (copy it now, it will not be shown again): {token}",
+                messages.SUCCESS,
+            )
 
 
 # --- Domains ---------------------------------------------------------------------------------------

@@ -198,15 +198,46 @@ def normalise_ip(value: str) -> str:
         raise ValueError(f"{value!r} is not a valid IPv4 or IPv6 address") from None
 
 
+class MTASource(models.Model):
+    """An installation-level sender: one MTA posting one accounting stream for several tenants.
+
+    Its tokens credit the IPs of the tenants it lists, each event to the tenant that has its IP; what
+    names no IP of theirs (or nothing to attribute it by) is kept as a dead letter of `home_tenant`.
+    """
+
+    name = models.CharField(max_length=100, unique=True, help_text="The MTA, e.g. 'pmta-shared-1'.")
+    tenants = models.ManyToManyField(
+        Tenant, related_name="mta_sources", help_text="The tenants whose IPs this MTA's events may credit."
+    )
+    home_tenant = models.ForeignKey(
+        Tenant,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Keeps as dead letters the events that name no IP of the listed tenants.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "MTA source"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
 class WebhookTokenQuerySet(models.QuerySet):
     def active(self) -> "WebhookTokenQuerySet":
         return self.filter(revoked_at__isnull=True)
 
 
 class WebhookToken(models.Model):
-    """A tenant's webhook credential. Only its SHA-256 is stored; the token is shown once."""
+    """A webhook credential of a tenant, or of an MTA source. Only its SHA-256 is stored; the token is
+    shown once."""
 
-    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="webhook_tokens")
+    tenant = models.ForeignKey(Tenant, null=True, blank=True, on_delete=models.CASCADE, related_name="webhook_tokens")
+    mta_source = models.ForeignKey(
+        MTASource, null=True, blank=True, on_delete=models.CASCADE, related_name="webhook_tokens"
+    )
     label = models.CharField(max_length=100, blank=True, help_text="Which sender uses it, e.g. 'pmta-1'.")
     token_hash = models.CharField(max_length=64, unique=True, editable=False)
     prefix = models.CharField(max_length=12, editable=False, help_text="First characters, to recognise it.")
@@ -217,22 +248,32 @@ class WebhookToken(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        constraints = [
+            # A token belongs to a tenant or to an MTA source, never both, never neither.
+            models.CheckConstraint(
+                condition=models.Q(tenant__isnull=True) ^ models.Q(mta_source__isnull=True),
+                name="webhooktoken_one_owner",
+            )
+        ]
 
     def __str__(self) -> str:
-        return f"{self.tenant} {self.prefix}… ({'revoked' if self.revoked_at else 'active'})"
+        return f"{self.tenant or self.mta_source} {self.prefix}… ({'revoked' if self.revoked_at else 'active'})"
 
     @staticmethod
     def hash(token: str) -> str:
         return hashlib.sha256(token.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, tenant: Tenant, label: str = "", rotate: bool = False) -> tuple["WebhookToken", str]:
-        """Create a token for the tenant and return it with its clear text (shown once).
+    def issue(
+        cls, tenant: Tenant | None = None, label: str = "", rotate: bool = False, *, mta_source: MTASource | None = None
+    ) -> tuple["WebhookToken", str]:
+        """Create a token for the tenant (or the MTA source) and return it with its clear text (shown once).
 
-        With `rotate`, every other token of the tenant is revoked.
+        With `rotate`, every other token of the same owner is revoked.
         """
+        owner = {"tenant": tenant} if tenant is not None else {"mta_source": mta_source}
         token = "wpt_" + secrets.token_urlsafe(32)
         if rotate:
-            cls.objects.filter(tenant=tenant, revoked_at__isnull=True).update(revoked_at=timezone.now())
-        obj = cls.objects.create(tenant=tenant, label=label, token_hash=cls.hash(token), prefix=token[:12])
+            cls.objects.filter(**owner, revoked_at__isnull=True).update(revoked_at=timezone.now())
+        obj = cls.objects.create(**owner, label=label, token_hash=cls.hash(token), prefix=token[:12])
         return obj, token

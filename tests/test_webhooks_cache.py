@@ -151,7 +151,7 @@ def test_a_change_clears_the_caches_at_once_and_again_on_commit(
     clock,
     django_capture_on_commit_callbacks,
 ):
-    assert cache.tenant_for_token(token) == utc_tenant
+    assert cache.sender_for_token(token) == utc_tenant
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         WebhookToken.objects.get(token_hash=WebhookToken.hash(token)).delete()
         assert not cache._tokens  # at once

@@ -7,7 +7,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from domains.models import WebhookToken
-from webhooks.auth import tenant_for_token
+from webhooks.auth import sender_for_token
 from webhooks.management.commands.ingest_acct import ingest_file
 from webhooks.models import DeadLetter
 
@@ -24,10 +24,10 @@ def test_webhook_token_prints_a_working_token_and_rotate_revokes_the_others(utc_
     first = run("webhook_token", "--tenant", "sos-expat")
     second = run("webhook_token", "--tenant", str(utc_tenant.pk), "--label", "pmta-1")
     assert first.startswith("wpt_") and first != second
-    assert tenant_for_token(first) == utc_tenant == tenant_for_token(second)
+    assert sender_for_token(first) == utc_tenant == sender_for_token(second)
     assert not WebhookToken.objects.filter(token_hash=first).exists()  # stored hashed only
     third = run("webhook_token", "--tenant", "sos-expat", "--rotate")
-    assert tenant_for_token(third) == utc_tenant
+    assert sender_for_token(third) == utc_tenant
     assert WebhookToken.objects.active().count() == 1
 
 

@@ -18,7 +18,9 @@ from django.conf import settings
 from django.http import HttpRequest
 from django.utils import timezone
 
-from domains.models import Tenant, WebhookToken
+from domains.models import MTASource, Tenant, WebhookToken
+
+Sender = Tenant | MTASource  # who a webhook token speaks for
 
 SIGNATURE_HEADER = "HTTP_X_WARMUP_SIGNATURE"
 
@@ -40,9 +42,9 @@ def token_from_request(request: HttpRequest) -> str:
     return request.GET.get("token", "").strip()
 
 
-def tenant_for_token(token: str) -> Tenant:
-    """The tenant an active token belongs to; AuthenticationFailed otherwise (one query, no cache)."""
-    return tenant_for_digest(token_digest(token))
+def sender_for_token(token: str) -> Sender:
+    """The tenant (or MTA source) an active token belongs to; AuthenticationFailed otherwise (no cache)."""
+    return sender_for_digest(token_digest(token))
 
 
 def token_digest(token: str) -> str:
@@ -54,20 +56,27 @@ def token_digest(token: str) -> str:
     return WebhookToken.hash(token)
 
 
-def tenant_for_digest(digest: str) -> Tenant:
-    """The tenant of the active token with this digest; AuthenticationFailed otherwise."""
+def sender_for_digest(digest: str) -> Sender:
+    """The tenant or MTA source of the active token with this digest; AuthenticationFailed otherwise.
+
+    An MTA source comes with its listed tenants and its home tenant loaded (one query each, cached with
+    the token by `webhooks.cache`)."""
     found = (
         WebhookToken.objects.active()
-        .select_related("tenant")
+        .select_related("tenant", "mta_source__home_tenant")
         .filter(token_hash=digest)
-        .only("token_hash", "tenant")
+        .only("token_hash", "tenant", "mta_source")
         .first()
     )
     # The lookup is by hash (an index), so its timing says nothing about the token; the comparison
     # below is the one that must not leak, and compare_digest makes it constant time.
     if found is None or not hmac.compare_digest(found.token_hash, digest):
         raise AuthenticationFailed("invalid webhook token")
-    return found.tenant
+    if found.tenant is not None:
+        return found.tenant
+    source = found.mta_source
+    source.listed = list(source.tenants.all())
+    return source
 
 
 def verify_signature(secret: str, header: str, body: bytes, now: datetime | None = None) -> None:
@@ -97,14 +106,8 @@ def sign(secret: str, timestamp: str | int, body: bytes) -> bytes:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest().encode()
 
 
-def authenticate(request: HttpRequest, body: bytes | None = None) -> Tenant:
-    """The tenant a request authenticates as. With `body`, also the tenant's signature if it requires one."""
-    tenant = tenant_for_token(token_from_request(request))
-    if body is not None:
-        check_signature(tenant, request, body)
-    return tenant
-
-
-def check_signature(tenant: Tenant, request: HttpRequest, body: bytes) -> None:
-    if tenant.webhook_signing_secret:
-        verify_signature(tenant.webhook_signing_secret, request.META.get(SIGNATURE_HEADER, ""), body)
+def check_signature(sender: Sender, request: HttpRequest, body: bytes) -> None:
+    """A tenant with a signing secret requires the signature (an MTA source authenticates by token)."""
+    secret = getattr(sender, "webhook_signing_secret", "")
+    if secret:
+        verify_signature(secret, request.META.get(SIGNATURE_HEADER, ""), body)

@@ -6,7 +6,8 @@ no query at all. Entries live TTL_SECONDS (cachetools' TTLCache), in every proce
 counter store. What keeps them correct:
 
 - In the process that makes a change (the admin, a command), every save or delete of a webhook token,
-  of an IP (address, source name, tenant) or of a tenant (signing secret, time zone) clears the caches
+  of an MTA source (or its tenants), of an IP (address, source name, tenant) or of a tenant (signing
+  secret, time zone) clears the caches
   at once, and again once committed (another thread may have read the old rows in between). Other
   processes see the change when their entries expire: a revoked token is refused everywhere within
   TTL_SECONDS.
@@ -23,11 +24,11 @@ from dataclasses import dataclass
 
 from cachetools import TTLCache
 from django.db import transaction
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import m2m_changed, post_delete, post_save
 
-from domains.models import IP, Tenant, WebhookToken
+from domains.models import IP, MTASource, Tenant, WebhookToken
 from webhooks.attribution import Attributor
-from webhooks.auth import tenant_for_digest, token_digest
+from webhooks.auth import Sender, sender_for_digest, token_digest
 from webhooks.events import DayOf
 from webhooks.ingest import TenantContext
 
@@ -36,13 +37,14 @@ TTL_SECONDS = 5.0
 # (`update_fields`, e.g. an IP's status or weight) leave the caches alone.
 RELEVANT_FIELDS = {
     WebhookToken: None,  # any change (revocation above all)
+    MTASource: None,  # its tenants, its home tenant
     IP: frozenset({"address", "mta_source_name", "tenant", "tenant_id"}),
     Tenant: frozenset({"webhook_signing_secret", "time_zone"}),
 }
 
 _clock = time.monotonic  # replaced by tests to age entries
 _lock = threading.Lock()  # TTLCache is not thread-safe; gunicorn's gthread workers share a process
-_tokens: TTLCache = TTLCache(maxsize=10_000, ttl=TTL_SECONDS, timer=lambda: _clock())  # digest -> tenant
+_tokens: TTLCache = TTLCache(maxsize=10_000, ttl=TTL_SECONDS, timer=lambda: _clock())  # digest -> sender
 _maps: TTLCache = TTLCache(maxsize=1_000, ttl=TTL_SECONDS, timer=lambda: _clock())  # tenant id -> TenantMaps
 
 
@@ -60,16 +62,16 @@ class TenantMaps:
 # --- Look-ups ------------------------------------------------------------------------------------
 
 
-def tenant_for_token(token: str) -> Tenant:
-    """`webhooks.auth.tenant_for_token`, from the cache while the entry lives."""
+def sender_for_token(token: str) -> Sender:
+    """`webhooks.auth.sender_for_token`, from the cache while the entry lives."""
     digest = token_digest(token)  # AuthenticationFailed when there is none
     with _lock:
-        tenant = _tokens.get(digest)
-    if tenant is None:
-        tenant = tenant_for_digest(digest)  # AuthenticationFailed: nothing is cached for a wrong token
+        sender = _tokens.get(digest)
+    if sender is None:
+        sender = sender_for_digest(digest)  # AuthenticationFailed: nothing is cached for a wrong token
         with _lock:
-            _tokens[digest] = tenant
-    return tenant
+            _tokens[digest] = sender
+    return sender
 
 
 def context_for(tenant: Tenant) -> TenantContext:
@@ -151,3 +153,4 @@ def _changed(sender, instance, using, update_fields=None, **kwargs) -> None:
 for _model in RELEVANT_FIELDS:
     post_save.connect(_changed, sender=_model, dispatch_uid=f"webhooks.cache.saved.{_model.__name__}")
     post_delete.connect(_changed, sender=_model, dispatch_uid=f"webhooks.cache.deleted.{_model.__name__}")
+m2m_changed.connect(_changed, sender=MTASource.tenants.through, dispatch_uid="webhooks.cache.mta_source_tenants")

@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
-from domains.models import Tenant
+from domains.models import MTASource, Tenant
 from warmup.counters import GroupKey, References, Window, get_store
 from webhooks import metrics, spikes
 from webhooks.attribution import Attributor
@@ -224,6 +224,45 @@ def ingest(ctx: TenantContext, batch: Batch, window: Window | None = None) -> In
     return finish(ctx, batch, count_events(ctx, batch.events, window))
 
 
+def ingest_shared(
+    source: MTASource,
+    batch: Batch,
+    context_for: Callable[[Tenant], TenantContext],
+    window: Window | None = None,
+) -> IngestResult:
+    """Count a batch posted by an MTA source for several tenants: each event for the listed tenant that has
+    its IP (or its source name); the rest, with the rejected and ignored records, for the home tenant,
+    which keeps them as dead letters. One answer for the whole body; the window is hit once.
+    """
+    home = source.home_tenant
+    contexts = {tenant.pk: context_for(tenant) for tenant in source.listed}
+    contexts.setdefault(home.pk, context_for(home))
+    listed = [contexts[tenant.pk] for tenant in source.listed]
+    parts: dict[int, list[NormalisedEvent]] = {home.pk: []}
+    for event in batch.events:
+        owner = home.pk
+        for ctx in listed:
+            try:
+                if event.ip:
+                    found = ctx.attributor.ip_for_address(event.ip)
+                else:
+                    found = ctx.attributor.ip_for_source_name(event.source_name) if event.source_name else None
+            except ValueError:  # not an IP address: the home tenant's pipeline rejects it
+                break
+            if found is not None:
+                owner = ctx.tenant.pk
+                break
+        parts.setdefault(owner, []).append(event)
+    result = IngestResult()
+    for tenant_id, events in parts.items():  # the home tenant first: it takes the window's hit
+        part = Batch(batch.source, events=events, raw_json=batch.raw_json)
+        if tenant_id == home.pk:
+            part.rejected, part.ignored, part.records = batch.rejected, batch.ignored, batch.records
+        result.add(ingest(contexts[tenant_id], part, window if tenant_id == home.pk else None))
+    result.rejected.sort(key=lambda entry: entry["record"])
+    return result
+
+
 def finish(ctx: TenantContext, batch: Batch, counted: Counted) -> IngestResult:
     """The answer for a batch whose events were counted: dead letters for the rest, and the metrics."""
     result = IngestResult(accepted=counted.accepted, duplicates=counted.duplicates, ignored=batch.ignored)
@@ -414,6 +453,7 @@ def _address_or_none(text: str) -> str | None:
 
 
 __all__ = [
+    "ingest_shared",
     "IngestResult",
     "Rejection",
     "TenantContext",

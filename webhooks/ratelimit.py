@@ -1,4 +1,5 @@
-"""Per-tenant rate limit of the webhook endpoints: WEBHOOK_RATE_LIMIT_PER_MINUTE requests a minute.
+"""Per-sender rate limit of the webhook endpoints: WEBHOOK_RATE_LIMIT_PER_MINUTE requests a minute for
+each tenant, and for each MTA source.
 
 A fixed window per tenant and per minute of the clock, counted per request (a batch of a thousand
 records is one request) by the counter store, as a `Window` hit of the request's counting call: with
@@ -21,18 +22,19 @@ from warmup.counters import Window
 WINDOW_SECONDS = 60
 
 
-def window_key(tenant_id: int, window: int) -> str:
-    """The name of a tenant's window (the braces keep it on the tenant's Redis Cluster slot)."""
-    return f"wp:rl:{{t{tenant_id}}}:{window}"
+def window_key(owner_id: int, window: int, scope: str = "t") -> str:
+    """The name of a tenant's window ("t"), or an MTA source's ("m"); the braces keep it on the tenant's
+    Redis Cluster slot."""
+    return f"wp:rl:{{{scope}{owner_id}}}:{window}"
 
 
-def window_for(tenant_id: int, *, now: float | None = None) -> Window | None:
-    """The window a request of the tenant counts in now; None when the limit is off."""
+def window_for(owner_id: int, *, now: float | None = None, scope: str = "t") -> Window | None:
+    """The window a request of the tenant (or MTA source) counts in now; None when the limit is off."""
     limit = settings.WEBHOOK_RATE_LIMIT_PER_MINUTE
     if limit <= 0:
         return None
     now = time.time() if now is None else now
-    return Window(window_key(tenant_id, int(now // WINDOW_SECONDS)), limit, WINDOW_SECONDS)
+    return Window(window_key(owner_id, int(now // WINDOW_SECONDS), scope), limit, WINDOW_SECONDS)
 
 
 def retry_after(*, now: float | None = None) -> int:

@@ -24,10 +24,11 @@ from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from domains.models import MTASource
 from warmup.counters import CounterStoreUnavailable, WindowFull
 from webhooks import cache, ratelimit
 from webhooks.auth import AuthenticationFailed, check_signature, token_from_request
-from webhooks.ingest import ingest
+from webhooks.ingest import ingest, ingest_shared
 from webhooks.parsers import Batch, UnparseableBody, kumomta, mailwizz, normalised, powermta
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,11 @@ def receive(request: HttpRequest, source: str, parse: Callable[[bytes, str], Bat
     if declared > limit:
         return _json(413, {"error": f"body over the limit of {limit} bytes"})
     try:
-        tenant = cache.tenant_for_token(token_from_request(request))
+        sender = cache.sender_for_token(token_from_request(request))
         body = request.read(limit + 1)  # never trust the declared length alone
         if len(body) > limit:
             return _json(413, {"error": f"body over the limit of {limit} bytes"})
-        check_signature(tenant, request, body)
+        check_signature(sender, request, body)
     except AuthenticationFailed as exc:
         return _json(401, {"error": str(exc)})
     except DatabaseError:
@@ -66,7 +67,11 @@ def receive(request: HttpRequest, source: str, parse: Callable[[bytes, str], Bat
     now = time.time()
     try:
         batch = parse(body, request.META.get("CONTENT_TYPE", ""))
-        result = ingest(cache.context_for(tenant), batch, ratelimit.window_for(tenant.pk, now=now))
+        if isinstance(sender, MTASource):
+            window = ratelimit.window_for(sender.pk, now=now, scope="m")
+            result = ingest_shared(sender, batch, cache.context_for, window)
+        else:
+            result = ingest(cache.context_for(sender), batch, ratelimit.window_for(sender.pk, now=now))
     except WindowFull:
         return _json(
             429,
