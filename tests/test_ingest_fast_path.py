@@ -158,14 +158,13 @@ def test_references_are_found_for_the_retention_and_then_forgotten(redis_client,
 
 
 @time_machine.travel(NOW, tick=False)
-def test_the_newest_reference_wins_and_references_kept_before_the_daily_hashes_still_attribute(redis_client):
+def test_the_newest_reference_wins(redis_client):
     refs = RedisCounterStore(redis_client)
-    redis_client.set("wp:ref:{t5}:mid:old@y", 3, ex=3600)  # as written before the daily hashes
     with time_machine.travel(NOW - timedelta(days=2), tick=False):
         refs.write_refs(5, {"mid:x@y": 1})
     refs.write_refs(5, {"mid:x@y": 2})
 
-    assert refs.read_refs(5, ["mid:x@y", "mid:old@y"]) == {"mid:x@y": 2, "mid:old@y": 3}
+    assert refs.read_refs(5, ["mid:x@y", "mid:old@y"]) == {"mid:x@y": 2}
 
 
 @time_machine.travel(NOW, tick=False)

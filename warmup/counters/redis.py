@@ -325,12 +325,6 @@ class RedisCounterStore(CounterStore):
         day = datetime.fromtimestamp(time.time(), UTC).date() - timedelta(days=days_ago)
         return f"wp:refs:{{t{tenant_id}}}:{day.isoformat()}"
 
-    @staticmethod
-    def _legacy_ref_key(tenant_id: int, ref: str) -> str:
-        # Before the daily hashes, each reference was a string key of its own. Read for one retention
-        # period after an upgrade, so that references written before it still attribute.
-        return f"wp:ref:{{t{tenant_id}}}:{stored_ref(ref)}"
-
     @_redis_reachable
     def read_refs(self, tenant_id: int, refs: Iterable[str]) -> dict[str, int]:
         refs = list(refs)
@@ -340,7 +334,6 @@ class RedisCounterStore(CounterStore):
         pipe = self.client.pipeline(transaction=False)
         for days_ago in range(settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1):  # the newest first: a later report wins
             pipe.hmget(self._refs_bucket(tenant_id, days_ago), stored)
-        pipe.mget([self._legacy_ref_key(tenant_id, ref) for ref in refs])
         found: dict[str, int] = {}
         for values in pipe.execute():
             for ref, value in zip(refs, values, strict=True):

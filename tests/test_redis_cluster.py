@@ -1,0 +1,174 @@
+"""The counter store on a real Redis Cluster: three masters started by the test on local ports.
+
+Ingestion through the webhook (a batch spanning IP-days on several nodes, message references, complaints
+attributed through them), de-duplication across retries, and consolidation killed at each of its steps
+while increments keep arriving: all exact.
+"""
+
+import signal
+import socket
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+
+from domains.models import WebhookToken
+from tests.support import run_script, start_script, subprocess_env
+from warmup.counters import day_tag, get_store
+from warmup.models import DailyStat
+
+from .factories import DomainFactory, IPFactory, TenantFactory
+from .webhooks_support import Poster
+
+pytestmark = pytest.mark.e2e
+
+POWERMTA = "/api/v1/webhooks/powermta/"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (redis.RedisError, OSError):
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def cluster_url(tmp_path_factory):
+    """A Redis Cluster of three masters, no replicas; stopped and removed afterwards."""
+    folder = tmp_path_factory.mktemp("redis-cluster")
+    ports = [free_port() for _ in range(3)]
+    servers = [
+        subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", f"nodes-{port}.conf", "--dir", str(folder), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for port in ports
+    ]
+    try:
+        for port in ports:
+            wait_until(lambda port=port: redis.Redis(port=port).ping(), 10, f"redis-server on {port}")
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{port}" for port in ports], "--cluster-replicas", "0",
+             "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+        for port in ports:
+            wait_until(
+                lambda port=port: redis.Redis(port=port).cluster("info")["cluster_state"] == "ok",
+                30,
+                f"cluster_state:ok on {port}",
+            )
+        yield f"redis://127.0.0.1:{ports[0]}/0"
+    finally:
+        for server in servers:
+            server.send_signal(signal.SIGKILL)
+            server.wait(timeout=10)
+
+
+@pytest.fixture
+def on_cluster(settings, cluster_url):
+    """The portal's counter store on the cluster, every node emptied."""
+    settings.REDIS_URL, settings.REDIS_CLUSTER, settings.WARMUP_COUNTER_BACKEND = cluster_url, True, "redis"
+    client = redis.RedisCluster.from_url(cluster_url)
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    yield client
+    client.close()
+
+
+def csv_body(rows: list[str]) -> str:
+    return "type,timeLogged,rcpt,dlvSourceIp,header_Message-Id\n" + "".join(row + "\n" for row in rows)
+
+
+def test_webhooks_count_exactly_across_the_nodes_and_a_retry_counts_nothing_twice(client, db, on_cluster):
+    tenant = TenantFactory(time_zone="UTC")
+    ips = [IPFactory(domain=DomainFactory(tenant=tenant), address=f"10.1.0.{n}") for n in range(1, 7)]
+    poster = Poster(client, WebhookToken.issue(tenant)[1])
+    start = int(datetime(2027, 1, 17, 10, tzinfo=UTC).timestamp())
+    rows, expected = [], {}
+    for n in range(60):
+        ip, day = ips[n % 6], n % 3
+        at = start + day * 86400 + n
+        rows.append(f"d,{at},u{n}@gmail.com,{ip.address},<m{n}@x>")
+        key = (ip.pk, datetime.fromtimestamp(at, UTC).date())
+        expected[key] = expected.get(key, 0) + 1
+
+    answer = poster.post(POWERMTA, csv_body(rows), "text/csv").json()
+    assert (answer["accepted"], answer["duplicates"], answer["unattributed"]) == (60, 0, 0)
+    store = get_store()
+    assert store.cluster
+    assert {key: store.read(*key)["delivered"] for key in expected} == expected
+    # Each IP-day's keys on one slot; the IP-days spread over the nodes.
+    nodes = {on_cluster.get_node_from_key(day_tag(*key) + ":c").name for key in expected}
+    assert len(nodes) >= 2
+    for key in expected:
+        tag = day_tag(*key)
+        assert len({on_cluster.keyslot(tag + suffix) for suffix in (":c", ":d")}) == 1
+
+    # The sender retries the whole body, then posts one overlapping half of it with new records.
+    again = poster.post(POWERMTA, csv_body(rows), "text/csv").json()
+    assert (again["accepted"], again["duplicates"]) == (0, 60)
+    extra = [f"d,{start + 7200 + n},v{n}@gmail.com,{ips[0].address},<n{n}@x>" for n in range(10)]
+    half = poster.post(POWERMTA, csv_body(rows[:30] + extra), "text/csv").json()
+    assert (half["accepted"], half["duplicates"]) == (10, 30)
+
+    # Complaints carry only the Message-Id: attributed through the references written with the counts.
+    complaints = "type,timeLogged,rcpt,header_Message-Id\n" + "".join(
+        f"f,{start + 3 * 86400 + n},u{n}@gmail.com,<m{n}@x>\n" for n in range(12)
+    )
+    answer = poster.post(POWERMTA, complaints, "text/csv").json()
+    assert (answer["accepted"], answer["unattributed"]) == (12, 0)
+    complaint_day = datetime.fromtimestamp(start + 3 * 86400, UTC).date()
+    assert sum(store.read(ip.pk, complaint_day)["complaints"] for ip in ips) == 12
+    first_day = datetime.fromtimestamp(start, UTC).date()
+    assert store.read(ips[0].pk, first_day)["delivered"] == expected[(ips[0].pk, first_day)] + 10
+
+
+@pytest.mark.django_db(transaction=True)
+def test_killed_consolidation_re_run_on_a_cluster_counts_every_increment_exactly_once(on_cluster, tmp_path):
+    ips = [IPFactory(domain__tenant=TenantFactory(time_zone="UTC")) for _ in range(4)]
+    today = datetime.now(UTC).date()
+    days = [today - timedelta(days=2), today - timedelta(days=7)]
+    env = subprocess_env(WARMUP_COUNTER_BACKEND="redis", REDIS_CLUSTER="true")
+    stops = [tmp_path / f"stop-{ip.pk}" for ip in ips]
+    dates = ",".join(map(str, days))
+    writers = [
+        start_script("apply_increments", str(ip.id), dates, "5", "10", "cluster-", str(stop), env=env)
+        for ip, stop in zip(ips, stops, strict=True)
+    ]
+    steps = ["claimed", "read", "written", "leftovers_forgotten", "committed", "forgotten", "written"]
+    try:
+        time.sleep(1.0)
+        crashes = run_script("consolidate_and_die", *steps, env=env, timeout=180)
+    finally:
+        for stop in stops:
+            stop.touch()
+        outputs = [writer.communicate(timeout=60) for writer in writers]
+    for writer, (_, err) in zip(writers, outputs, strict=True):
+        assert writer.returncode == 0, err[-2000:]
+    assert crashes.stdout.split() == [f"{step}={signal.SIGKILL.value}" for step in steps], crashes.stderr[-2000:]
+
+    finished = run_script("consolidate_and_die", "never", env=env)
+    assert finished.stdout.split() == ["never=0"], finished.stderr[-2000:]
+
+    for ip, (out, _) in zip(ips, outputs, strict=True):
+        made = dict(item.split("=") for item in out.strip().splitlines()[-1].split())
+        consolidated = dict(DailyStat.objects.filter(ip=ip).values_list("date", "sent"))
+        assert {day: consolidated.get(day, 0) for day in days} == {day: int(made[day.isoformat()]) for day in days}
+    assert get_store().in_flight() == []
