@@ -191,9 +191,10 @@ def test_a_csv_body_counts_and_remembers_its_references_in_one_round_trip(redis_
     result = ingest(ctx, parse_body(body, "text/csv"))
 
     assert (result.accepted, result.duplicates) == (3, 0)
-    assert len(packets) == 1  # the references, their expiry and the counting script: one packet, one wait
+    assert len(packets) == 1  # one script call writes the references and the counts: one packet, one wait
     sent = b"".join(packets[0])
-    assert sent.index(b"HSET") < sent.index(b"EXPIRE") < sent.index(b"EVALSHA")
+    assert sent.startswith(b"*") and b"EVALSHA" in sent and b"HSET" not in sent
+    assert b"mid:m1@x\x1f" in sent  # the references travel as one argument
     day = ctx.day_of(1804680000)
     assert RedisCounterStore(redis_client).read_fields(ip.id, day) == {
         "sent:gmail": 2, "delivered:gmail": 1, "bounced:gmail": 1, "bounced_soft:gmail": 1,
@@ -231,7 +232,14 @@ def test_gc_paused_restores_the_collector_as_it_found_it():
 @time_machine.travel(NOW, tick=False)
 def test_references_of_any_text_go_through_the_counting_script_and_are_found_again(redis_client, ip):
     refs = RedisCounterStore(redis_client)
-    odd = {"mid:é@x": 1, "mid:\ud800@x": 2, "mid:tab\there": 3, "mid:" + "x" * 300: 4, "mid:plain@x": 5}
+    odd = {
+        "mid:é@x": 1,
+        "mid:\ud800@x": 2,
+        "mid:tab\there": 3,
+        "mid:" + "x" * 300: 4,
+        "mid:plain@x": 5,
+        "mid:a\x1fb": 6,
+    }
     store = RedisCounterStore(redis_client)
 
     store.count_grouped({(ip.id, DAY, "other", (("sent", 1),)): ["k"]}, References(5, odd))

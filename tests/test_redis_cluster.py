@@ -33,7 +33,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until(condition, timeout: float, what: str) -> None:
+def wait_until(condition, timeout: float, what: str, details=lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -42,7 +42,7 @@ def wait_until(condition, timeout: float, what: str) -> None:
         except (redis.RedisError, OSError):
             pass
         time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
+    pytest.fail(f"timed out waiting for {what}: {details()}")
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,8 @@ def cluster_url(tmp_path_factory):
                 "",
                 "--appendonly",
                 "no",
+                "--logfile",
+                str(folder / f"redis-{port}.log"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -75,8 +77,16 @@ def cluster_url(tmp_path_factory):
         for port in ports
     ]
     try:
-        for port in ports:
-            wait_until(lambda port=port: redis.Redis(port=port).ping(), 10, f"redis-server on {port}")
+        for port, server in zip(ports, servers, strict=True):
+            log = folder / f"redis-{port}.log"
+            wait_until(
+                lambda port=port: redis.Redis(host="127.0.0.1", port=port).ping(),
+                30,
+                f"redis-server on {port}",
+                lambda server=server, log=log: (
+                    f"exit {server.poll()}; {log.read_text()[-800:] if log.exists() else ''}"
+                ),
+            )
         subprocess.run(
             ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{port}" for port in ports], "--cluster-replicas", "0",
              "--cluster-yes"],
@@ -86,7 +96,7 @@ def cluster_url(tmp_path_factory):
         )  # fmt: skip
         for port in ports:
             wait_until(
-                lambda port=port: redis.Redis(port=port).cluster("info")["cluster_state"] == "ok",
+                lambda port=port: redis.Redis(host="127.0.0.1", port=port).cluster("info")["cluster_state"] == "ok",
                 30,
                 f"cluster_state:ok on {port}",
             )

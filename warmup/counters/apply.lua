@@ -7,8 +7,10 @@
 -- are cut (JSON array: a width, or the list of their lengths); ARGV[6] = per IP-day, what its groups add
 -- when none of its events is a duplicate: [[field, amount, field, amount ...], ...] (JSON); ARGV[7] = the
 -- request's rate-limit window, as JSON [position of its key in KEYS, limit, seconds to keep it] ([0]:
--- none); ARGV[7 + n] = the keys of IP-day n in the order of its groups, end to end (`_members`: a digest
--- as its 16 bytes).
+-- none); ARGV[8] = the batch's message references, as JSON [position of their hash in KEYS, seconds to
+-- keep it] ([0]: none), and ARGV[9] their fields and values joined by the unit separator (one string:
+-- thousands of arguments cost redis-py more to pack than the script to cut); ARGV[9 + n] = the keys of
+-- IP-day n in the order of its groups, end to end (`_members`: a digest as its 16 bytes).
 -- A few strings rather than thousands of arguments: packing, sending and reading many arguments costs
 -- redis-py and Redis more than decoding costs the script.
 -- De-duplication is two commands per IP-day, whatever the number of its events: SMISMEMBER tells which
@@ -20,6 +22,7 @@
 -- is remembered at least the TTL. Each field of an IP-day gets one HINCRBY per batch (Lua numbers are
 -- doubles: exact below 2^53), and the IP-days counted go to the index in one SADD.
 -- The window is counted first (INCR; its first hit sets its expiry): over its limit, nothing else is done.
+-- Then the references are written, then the counts.
 -- Returns -1 for a full window, else, per group with duplicates, {its number, 1-based positions among its
 -- keys of the duplicates ...}.
 local window = cjson.decode(ARGV[7])
@@ -32,17 +35,31 @@ if window[1] > 0 then
     return -1
   end
 end
+local CHUNK = 4000
+local refs = cjson.decode(ARGV[8])
+if refs[1] > 0 then
+  local packed, fields, n, first = ARGV[9], {}, 0, 1
+  while first <= #packed + 1 do
+    local last = string.find(packed, '\31', first, true) or (#packed + 1)
+    n = n + 1
+    fields[n] = string.sub(packed, first, last - 1)
+    first = last + 1
+  end
+  for i = 1, n, CHUNK do
+    redis.call('HSET', KEYS[refs[1]], unpack(fields, i, math.min(i + CHUNK - 1, n)))
+  end
+  redis.call('EXPIRE', KEYS[refs[1]], refs[2])
+end
 local ttl = ARGV[1]
 local index = tonumber(ARGV[2])
 local widths = cjson.decode(ARGV[5])
 local sums_of = cjson.decode(ARGV[6])
 local adds, groups, first_group = nil, nil, nil
-local CHUNK = 4000
 local found = {}
 local touched = {}
 for h = 1, #widths do
   local width = widths[h]
-  local packed = ARGV[7 + h]
+  local packed = ARGV[9 + h]
   local keys = {}
   local k = 0
   if type(width) == 'number' then

@@ -174,9 +174,10 @@ class CounterStore:
 
 
 def stored_ref(ref: str) -> str:
-    # Message-Ids are whatever the sender wrote: bound the stored key, keep it unambiguous (free of the
-    # separators the earlier Redis layout used) and valid UTF-8 (a JSON record may hold a lone surrogate).
-    if len(ref) <= 200 and "\t" not in ref and "\n" not in ref and (ref.isascii() or _is_utf8(ref)):
+    # Message-Ids are whatever the sender wrote: bound the stored key, keep it free of the unit separator
+    # (the counting script's references come joined by it) and valid UTF-8 (a JSON record may hold a lone
+    # surrogate).
+    if len(ref) <= 200 and "\x1f" not in ref and (ref.isascii() or _is_utf8(ref)):
         return ref
     return "h:" + hashlib.blake2b(ref.encode("utf-8", "surrogatepass"), digest_size=20).hexdigest()
 

@@ -12,7 +12,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import wraps
 from itertools import chain
@@ -48,16 +47,6 @@ IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and no
 
 _APPLY_LUA = (Path(__file__).parent / "apply.lua").read_text()
 _CLAIM_LUA = (Path(__file__).parent / "claim.lua").read_text()
-
-
-@dataclass(frozen=True, slots=True)
-class HashWrite:
-    """Fields set in one Redis hash, with an expiry, ahead of a batch's counts (its message references).
-    `fields` is flat: field, value, field, value ..."""
-
-    key: str
-    fields: Sequence[str | int]
-    ttl: int
 
 
 # ASCII-only JSON (the default): every byte sent is ASCII, and the script's cjson decodes the escapes.
@@ -150,34 +139,34 @@ class RedisCounterStore(CounterStore):
         refs: References | None = None,
         window: Window | None = None,
     ) -> int:
-        also = self._refs_write(refs.tenant_id, refs.refs) if refs is not None and refs.refs else None
-        return sum(len(keys) for keys in groups.values()) - len(self._count(groups, also, window))
+        return sum(len(keys) for keys in groups.values()) - len(self._count(groups, refs, window))
 
     def _count(
         self,
         groups: Mapping[GroupKey, Sequence[str | None]],
-        also: HashWrite | None = None,
+        refs: References | None = None,
         window: Window | None = None,
     ) -> set[tuple]:
-        """Hit `window`, write `also`, then de-duplicate and count the groups; the duplicates as (group
+        """Hit `window`, write `refs`, then de-duplicate and count the groups; the duplicates as (group
         key, position). WindowFull, with nothing written, when the window is full.
 
-        On a single node: one script call for the whole batch (atomic, the window's hit included), `also`
-        pipelined ahead of it in the same round trip. On a cluster: the window, then `also` (a batch whose
-        references cannot be written is not counted), then one script call per hash slot (a script may
-        only touch keys of one slot), then the index, written after the counts so that consolidation,
-        which removes an index entry before renaming the hash, never loses an IP-day.
+        On a single node: one script call for the whole batch, atomic: the window's hit, the references
+        and the counts. On a cluster: the window, then the references (a batch whose references cannot
+        be written is not counted), then one script call per hash slot (a script may only touch keys of
+        one slot), then the index, written after the counts so that consolidation, which removes an
+        index entry before renaming the hash, never loses an IP-day.
         """
+        refs = refs if refs is not None and refs.refs else None
         if not self.cluster:
-            keys, args, context = self._encode_apply(list(groups.items()), with_index=True, window=window)
-            reply = self._run_script(keys, args, also)
+            keys, args, context = self._encode_apply(list(groups.items()), True, window, refs)
+            reply = self._apply_script(keys=keys, args=args)
             if reply == -1:
                 raise WindowFull(window.name)
             return self._decode_apply(context, reply, touched=None)
         if window is not None:
             self.hit_window(window)
-        if also is not None:
-            self._write(also)
+        if refs is not None:
+            self.write_refs(refs.tenant_id, refs.refs)
         by_slot: dict[int, list] = defaultdict(list)
         for item in groups.items():
             ip_id, day = item[0][:2]
@@ -185,36 +174,14 @@ class RedisCounterStore(CounterStore):
         duplicates: set[tuple] = set()
         touched: set[str] = set()
         for items in by_slot.values():
-            keys, args, context = self._encode_apply(items, with_index=False)
+            keys, args, context = self._encode_apply(items, False)
             duplicates |= self._decode_apply(context, self._apply_script(keys=keys, args=args), touched=touched)
         if touched:
             self.client.sadd(INDEX_KEY, *touched)
         return duplicates
 
-    def _run_script(self, keys: list, args: list, also: HashWrite | None):
-        """The counting script's reply, `also` written ahead of it in the same round trip."""
-        if also is None:
-            return self._apply_script(keys=keys, args=args)
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hset(also.key, items=list(also.fields))
-            pipe.expire(also.key, also.ttl)
-            pipe.evalsha(self._apply_script.sha, len(keys), *keys, *args)
-            try:
-                return pipe.execute()[-1]
-            except redis.exceptions.NoScriptError:  # Redis restarted or flushed its scripts: load, again
-                if attempt == 2:
-                    raise
-                self._apply_script.sha = self.client.script_load(_APPLY_LUA)
-
-    def _write(self, also: HashWrite) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(also.key, items=list(also.fields))
-        pipe.expire(also.key, also.ttl)
-        pipe.execute()
-
     def _encode_apply(
-        self, items: list, with_index: bool, window: Window | None = None
+        self, items: list, with_index: bool, window: Window | None = None, refs: References | None = None
     ) -> tuple[list[str], list, tuple]:
         """The keys and arguments of one `_APPLY_LUA` call for `items` (sorted by IP-day), and what
         `_decode_apply` needs to read its reply."""
@@ -266,8 +233,10 @@ class RedisCounterStore(CounterStore):
         if window is not None:
             keys.append(window.name)
             window_spec = _dumps([len(keys), window.limit, 2 * window.seconds])  # kept past its end
+        refs_spec, refs_packed = self._refs_args(keys, refs)
         args = [
-            self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(widths), _dumps(flat_sums), window_spec, *packed
+            self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(widths), _dumps(flat_sums), window_spec,
+            refs_spec, refs_packed, *packed,
         ]  # fmt: skip
         return keys, args, (items, keys, keyed_positions, hashes)
 
@@ -341,20 +310,25 @@ class RedisCounterStore(CounterStore):
                     found[ref] = int(value)
         return found
 
-    def _refs_write(self, tenant_id: int, refs: Mapping[str, int]) -> HashWrite:
-        joined = "".join(refs)
-        if joined.isascii() and "\t" not in joined and "\n" not in joined and max(map(len, refs), default=0) <= 200:
-            # The usual batch (every reference stored as it is), without a call per reference.
-            fields = list(chain.from_iterable(refs.items()))
-        else:
-            fields = list(chain.from_iterable((stored_ref(ref), ip_id) for ref, ip_id in refs.items()))
+    def _refs_args(self, keys: list[str], refs: References | None) -> tuple[str, str]:
+        """The script's arguments for `refs` (their hash is appended to `keys`): the spec and the fields."""
+        if refs is None:
+            return "[0]", ""
+        keys.append(self._refs_bucket(refs.tenant_id))
         ttl = int(timedelta(days=settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1).total_seconds())
-        return HashWrite(self._refs_bucket(tenant_id), fields, ttl)
+        items = refs.refs.items()
+        joined = "".join(refs.refs)
+        if not (joined.isascii() and "\x1f" not in joined and max(map(len, refs.refs)) <= 200):
+            items = ((stored_ref(ref), ip_id) for ref, ip_id in items)
+        # The usual batch (every reference stored as it is) is joined without a call per reference.
+        return _dumps([len(keys), ttl]), "\x1f".join(chain.from_iterable((ref, str(ip_id)) for ref, ip_id in items))
 
     @_redis_reachable
     def write_refs(self, tenant_id: int, refs: Mapping[str, int]) -> None:
         if refs:
-            self._write(self._refs_write(tenant_id, refs))
+            keys: list[str] = []
+            spec, packed = self._refs_args(keys, References(tenant_id, refs))
+            self._apply_script(keys=keys, args=[self._ttl, 0, "[]", "[]", "[]", "[]", "[0]", spec, packed])
 
     # --- Fixed windows (the webhooks' rate limit): a counter key per window, expiring after it ------
 
