@@ -5,6 +5,7 @@ attributed through them), de-duplication across retries, and consolidation kille
 while increments keep arriving: all exact.
 """
 
+import random
 import signal
 import socket
 import subprocess
@@ -27,10 +28,21 @@ pytestmark = pytest.mark.e2e
 POWERMTA = "/api/v1/webhooks/powermta/"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_cluster_port(taken: set[int]) -> int:
+    """A port a cluster node can use: free, and its cluster bus port (10,000 higher, so at most 55,535)
+    free too."""
+    for port in random.sample(range(20_000, 45_000), 200):
+        if taken & {port, port + 10_000}:
+            continue
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        taken.update({port, port + 10_000})
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
 
 def wait_until(condition, timeout: float, what: str, details=lambda: "") -> None:
@@ -49,7 +61,8 @@ def wait_until(condition, timeout: float, what: str, details=lambda: "") -> None
 def cluster_url(tmp_path_factory):
     """A Redis Cluster of three masters, no replicas; stopped and removed afterwards."""
     folder = tmp_path_factory.mktemp("redis-cluster")
-    ports = [free_port() for _ in range(3)]
+    taken: set[int] = set()
+    ports = [free_cluster_port(taken) for _ in range(3)]
     servers = [
         subprocess.Popen(
             [
