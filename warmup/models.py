@@ -8,6 +8,7 @@ from datetime import date, timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from domains.models import IP, Tenant
@@ -20,6 +21,16 @@ def validate_steps(value) -> None:
         or not all(isinstance(step, int) and not isinstance(step, bool) and step > 0 for step in value)
     ):
         raise ValidationError("Steps must be a non-empty list of positive whole numbers, e.g. [50, 200, 500].")
+
+
+class Provider(models.TextChoices):
+    """Mailbox providers, recognised by the recipient domain (settings.WARMUP_PROVIDER_DOMAINS)."""
+
+    GMAIL = "gmail", "Gmail"
+    MICROSOFT = "microsoft", "Microsoft"
+    YAHOO = "yahoo", "Yahoo"
+    APPLE = "apple", "Apple"
+    OTHER = "other", "Other"
 
 
 class WarmupSchedule(models.Model):
@@ -265,6 +276,9 @@ class AuditEvent(models.Model):
         MANUAL_ADVANCE = "manual_advance", "Manual advance"
         MANUAL_COMPLETE = "manual_complete", "Manual complete"
         MANUAL_CANCEL = "manual_cancel", "Manual cancel"
+        PROVIDER_PAUSED = "provider_paused", "Provider paused"
+        PROVIDER_SUSPENDED = "provider_suspended", "Provider suspended (throttling)"
+        PROVIDER_RESUMED = "provider_resumed", "Provider resumed"
 
     plan = models.ForeignKey(WarmupPlan, on_delete=models.CASCADE, related_name="events")
     created_at = models.DateTimeField(help_text="When the decision took effect (the tick's time).")
@@ -312,6 +326,9 @@ class Alert(models.Model):
         CONSOLIDATION_FAILED = "consolidation_failed", "Consolidation failed"
         UNATTRIBUTED_SPIKE = "unattributed_spike", "Unattributed spike"
         QUOTA_OVERRUN = "quota_overrun", "Quota overrun"
+        PROVIDER_PAUSED = "provider_paused", "Provider paused"
+        PROVIDER_SUSPENDED = "provider_suspended", "Provider suspended (throttling)"
+        PROVIDER_RESUMED = "provider_resumed", "Provider resumed"
         MANUAL = "manual", "Manual action"
 
     class Delivery(models.TextChoices):
@@ -444,3 +461,78 @@ class MessageRef(models.Model):
 
     def __str__(self) -> str:
         return self.ref
+
+
+class ProviderShare(models.Model):
+    """A tenant's share of each IP's daily quota for one mailbox provider (`providers.py` splits it).
+
+    Shares are weights: each provider gets its share of their total. A tenant without rows gets the
+    split of its own last 7 days of sent mail, else settings.WARMUP_PROVIDER_SHARES.
+    """
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="provider_shares")
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    share = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Percent of each IP's daily quota for this provider (weights: they are scaled to their total).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["tenant_id", "provider"]
+        constraints = [
+            models.UniqueConstraint(fields=["tenant", "provider"], name="providershare_unique_tenant_provider"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.share}%"
+
+
+class ProviderSuspensionQuerySet(models.QuerySet):
+    def active(self, now) -> "ProviderSuspensionQuerySet":
+        """Suspensions in force at `now`."""
+        return self.filter(starts_at__lte=now, ends_at__gt=now)
+
+    def visible_to(self, user) -> "ProviderSuspensionQuerySet":
+        return self if user.is_superuser else self.filter(ip__tenant__in=Tenant.objects.visible_to(user))
+
+
+class ProviderSuspension(models.Model):
+    """One IP stopped for one mailbox provider until `ends_at`: its share of the quota is 0 meanwhile.
+
+    The engine pauses a provider whose bounce or complaint rate trips a threshold; the throttling check
+    suspends one whose deferrals say the provider is rate-limiting the IP. Lifting is by time; `lifted_at`
+    records that the lift was seen (audit event and alert), or that a person lifted it early.
+    """
+
+    class Reason(models.TextChoices):
+        THRESHOLD = "threshold", "Bounce or complaint threshold"
+        THROTTLING = "throttling", "Throttling deferrals"
+        MANUAL = "manual", "Manual"
+
+    ip = models.ForeignKey(IP, on_delete=models.CASCADE, related_name="provider_suspensions")
+    provider = models.CharField(max_length=16, choices=Provider.choices)
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+    starts_at = models.DateTimeField()
+    ends_at = models.DateTimeField(help_text="The provider gets its share back at this time.")
+    lifted_at = models.DateTimeField(null=True, blank=True, help_text="When the lift was recorded.")
+    figures = models.JSONField(default=dict, blank=True, help_text="The figures behind the decision.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ProviderSuspensionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-starts_at", "-id"]
+        indexes = [
+            # Suspensions in force for a set of IPs (quotas, configurations, the engine).
+            models.Index(fields=["ip", "ends_at"], name="suspension_ip_ends_idx"),
+            # The lifting's work queue: suspensions whose end has not been recorded yet.
+            models.Index(
+                fields=["ends_at"], condition=models.Q(lifted_at__isnull=True), name="suspension_unlifted_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider} on {self.ip_id} until {self.ends_at:%Y-%m-%d %H:%M}"

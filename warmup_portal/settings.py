@@ -254,6 +254,19 @@ WARMUP_PROVIDER_DOMAINS = {
     "apple": ["icloud.com", "me.com", "mac.com"],
 }
 
+# Each IP's daily quota is split per mailbox provider (PRODUCT.md section 5, "Providers" in the README):
+# by the tenant's own shares (admin: Provider shares), else its last 7 days of sent mail, else these.
+WARMUP_PROVIDER_SHARES = env.dict(
+    "WARMUP_PROVIDER_SHARES",
+    cast={"value": float},
+    default={"gmail": 40.0, "microsoft": 25.0, "yahoo": 15.0, "apple": 5.0, "other": 15.0},
+)
+# A provider whose bounce or complaint rate trips a threshold is paused for the IP this long ...
+WARMUP_PROVIDER_PAUSE_HOURS = env.int("WARMUP_PROVIDER_PAUSE_HOURS", default=48)
+# ... and the provider pause that makes this many within WARMUP_PROVIDER_ESCALATION_DAYS pauses the IP.
+WARMUP_PROVIDER_PAUSES_BEFORE_IP_PAUSE = env.int("WARMUP_PROVIDER_PAUSES_BEFORE_IP_PAUSE", default=3)
+WARMUP_PROVIDER_ESCALATION_DAYS = env.int("WARMUP_PROVIDER_ESCALATION_DAYS", default=14)
+
 # --- Alerts ---------------------------------------------------------------------------------------
 
 TELEGRAM_BOT_TOKEN = env.str("TELEGRAM_BOT_TOKEN", default="")

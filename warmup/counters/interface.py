@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 
-from ..models import DailyStat
+from ..models import DailyStat, Provider
 
 COUNTERS: tuple[str, ...] = DailyStat.COUNTERS
-PROVIDERS: tuple[str, ...] = ("gmail", "microsoft", "yahoo", "apple", "other")
+PROVIDERS: tuple[str, ...] = tuple(Provider.values)
 _COUNTER_SET = frozenset(COUNTERS)
 _PROVIDER_SET = frozenset(PROVIDERS)
 

@@ -1,0 +1,151 @@
+"""Per-mailbox-provider warmup: each IP's daily quota split by provider, and the suspensions that hold
+a provider at 0 for a while (README "Providers").
+
+Owns: a tenant's shares (its own table, else the split of its last 7 days of sent mail, else
+settings.WARMUP_PROVIDER_SHARES), the split of a quota into provider quotas that add up to it, the
+suspensions in force, and `provider_quotas()`, which every reader uses: the monitoring view, /metrics,
+the dashboard, the plan page and the MTA configurations.
+
+A suspended provider's quota is 0 and is not handed to the others: an IP in trouble at one provider
+should not send more to the rest that day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import IntegerField, Q, Sum
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce
+from django.utils import timezone
+
+from domains.models import IP, Tenant
+
+from .models import DailyStat, Provider, ProviderShare, ProviderSuspension
+
+PROVIDERS: tuple[str, ...] = tuple(Provider.values)
+# The days of sent mail a tenant's default shares come from.
+HISTORY_DAYS = 7
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderQuota:
+    """One provider's part of an IP's day."""
+
+    provider: str
+    share: float  # percent of the IP's quota, after scaling the tenant's weights to 100
+    daily_quota: int  # 0 while suspended
+    suspended_until: datetime | None = None
+
+
+def default_shares() -> dict[str, float]:
+    """settings.WARMUP_PROVIDER_SHARES, with every provider present (a missing one weighs 0)."""
+    configured = settings.WARMUP_PROVIDER_SHARES
+    return {provider: float(configured.get(provider, 0)) for provider in PROVIDERS}
+
+
+def tenant_shares(tenants: Iterable[Tenant]) -> dict[int, dict[str, float]]:
+    """Each tenant's provider weights, in at most two queries whatever the number of tenants.
+
+    A tenant's own table wins. Without one, the split of its sent mail over the 7 days before today (in
+    its zone); with no mail either, the setting's default.
+    """
+    tenants = list(tenants)
+    shares: dict[int, dict[str, float]] = {}
+    for row in ProviderShare.objects.filter(tenant__in=tenants).values_list("tenant_id", "provider", "share"):
+        shares.setdefault(row[0], dict.fromkeys(PROVIDERS, 0.0))[row[1]] = float(row[2])
+    shares = {pk: weights for pk, weights in shares.items() if sum(weights.values()) > 0}
+    without = [tenant for tenant in tenants if tenant.pk not in shares]
+    if without:
+        shares.update(_history_shares(without))
+    default = default_shares()
+    return {tenant.pk: shares.get(tenant.pk, default) for tenant in tenants}
+
+
+def _history_shares(tenants: list[Tenant]) -> dict[int, dict[str, float]]:
+    """Sent per provider over each tenant's last HISTORY_DAYS days, from the daily stats' by_provider."""
+    days = Q()
+    for tenant in tenants:
+        today = tenant.today()
+        days |= Q(ip__tenant=tenant, date__gte=today - timedelta(days=HISTORY_DAYS), date__lt=today)
+    sums = {
+        provider: Coalesce(
+            Sum(Cast(KeyTextTransform("sent", KeyTextTransform(provider, "by_provider")), IntegerField())), 0
+        )
+        for provider in PROVIDERS
+    }
+    shares = {}
+    for row in DailyStat.objects.filter(days).values("ip__tenant_id").annotate(**sums).order_by():
+        sent = {provider: float(row[provider]) for provider in PROVIDERS}
+        if sum(sent.values()) > 0:
+            shares[row["ip__tenant_id"]] = sent
+    return shares
+
+
+def percentages(weights: Mapping[str, float]) -> dict[str, float]:
+    """Weights scaled to 100 (two decimals); all zero when they are."""
+    total = sum(weights.get(provider, 0.0) for provider in PROVIDERS)
+    if total <= 0:
+        return dict.fromkeys(PROVIDERS, 0.0)
+    return {provider: round(weights.get(provider, 0.0) * 100.0 / total, 2) for provider in PROVIDERS}
+
+
+def split_quota(quota: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """`quota` split by the weights into whole messages that add up to it (largest remainder; ties go
+    to the provider listed first)."""
+    total = sum(weights.get(provider, 0.0) for provider in PROVIDERS)
+    if quota <= 0 or total <= 0:
+        return dict.fromkeys(PROVIDERS, 0)
+    exact = {provider: quota * weights.get(provider, 0.0) / total for provider in PROVIDERS}
+    parts = {provider: int(value) for provider, value in exact.items()}
+    left = quota - sum(parts.values())
+    by_remainder = sorted(PROVIDERS, key=lambda p: (-(exact[p] - parts[p]), PROVIDERS.index(p)))
+    for provider in by_remainder[:left]:
+        parts[provider] += 1
+    return parts
+
+
+def suspensions_in_force(ip_ids: Iterable[int], now: datetime | None = None) -> dict[int, dict[str, datetime]]:
+    """{ip id: {provider: end of its suspension}} for the suspensions in force at `now`, in one query."""
+    now = now or timezone.now()
+    found: dict[int, dict[str, datetime]] = {}
+    rows = ProviderSuspension.objects.active(now).filter(ip_id__in=list(ip_ids))
+    for ip_id, provider, ends_at in rows.values_list("ip_id", "provider", "ends_at"):
+        current = found.setdefault(ip_id, {}).get(provider)
+        if current is None or ends_at > current:
+            found[ip_id][provider] = ends_at
+    return found
+
+
+def provider_quotas(
+    ips: Iterable[IP], quotas: Mapping[int, int], now: datetime | None = None
+) -> dict[int, dict[str, ProviderQuota]]:
+    """Each IP's quota per provider: {ip id: {provider: ProviderQuota}}, in at most three queries.
+
+    `ips` carry their tenant (select_related or a cached tenant); `quotas` is each IP's daily quota.
+    """
+    ips = list(ips)
+    if not ips:
+        return {}
+    tenants = {ip.tenant_id: ip.tenant for ip in ips}
+    weights = tenant_shares(tenants.values())
+    suspended = suspensions_in_force([ip.pk for ip in ips], now)
+    result = {}
+    for ip in ips:
+        tenant_weights = weights[ip.tenant_id]
+        shares = percentages(tenant_weights)
+        parts = split_quota(quotas.get(ip.pk, 0), tenant_weights)
+        held = suspended.get(ip.pk, {})
+        result[ip.pk] = {
+            provider: ProviderQuota(
+                provider=provider,
+                share=shares[provider],
+                daily_quota=0 if provider in held else parts[provider],
+                suspended_until=held.get(provider),
+            )
+            for provider in PROVIDERS
+        }
+    return result
