@@ -145,8 +145,9 @@ def test_warmup_query_count_is_constant(api, tenant, redis_client, count, django
     for n in range(count):
         plan_in_state("completed" if n % 3 else "warming", tenant=tenant, phase="week_4")
 
-    # Token lookup (with its user), the IPs with plan and domain name, their tenants; Redis for today's counts.
-    with django_assert_num_queries(3):
+    # Token lookup (with its user), the IPs with plan and domain name, their tenants, the tenants' provider
+    # shares, their last 7 days per provider (no shares of their own), the suspensions; Redis for today's counts.
+    with django_assert_num_queries(6):
         response = api.get("/api/v1/warmup")
 
     assert len(response.json()["ips"]) == count

@@ -244,3 +244,16 @@ def test_debug_off_without_a_secret_key_refuses_to_start(production_env):
     assert result.returncode != 0
     assert "ImproperlyConfigured" in result.stderr
     assert "SECRET_KEY must be set" in result.stderr
+
+
+def test_the_example_provider_shares_are_read_and_a_bad_value_is_named(production_env):
+    code = "from django.conf import settings; print(sorted(settings.WARMUP_PROVIDER_SHARES.items()))"
+    result = run_manage("shell", "-c", code, env=production_env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(
+        [("apple", 5.0), ("gmail", 40.0), ("microsoft", 25.0), ("other", 15.0), ("yahoo", 15.0)]
+    )
+    for value, complaint in (("gmail=forty", "is not a list of provider=weight pairs"), ("hotmail=3", "'hotmail'")):
+        result = run_manage("check", env={**production_env, "WARMUP_PROVIDER_SHARES": value})
+        assert result.returncode != 0
+        assert "WARMUP_PROVIDER_SHARES: " in result.stderr and complaint in result.stderr

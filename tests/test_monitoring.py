@@ -56,6 +56,7 @@ def test_seed_example_state_reports_five_active_one_warming_and_50200(tenant, re
     assert status["total_daily_capacity"] == 50_200
     assert [entry["ip"] for entry in status["ips"]] == [f"45.123.10.{n}" for n in range(1, 7)]
     first = status["ips"][0]
+    providers = first.pop("providers")
     assert first == {
         "ip": "45.123.10.1",
         "domain": "mail1.sos-mail.com",
@@ -70,6 +71,15 @@ def test_seed_example_state_reports_five_active_one_warming_and_50200(tenant, re
         "warmup_duration_days": 42,
         "needs_attention": False,
     }
+    # No shares and no history: the default split (40/25/15/5/15) of the 10,000.
+    assert {provider: figures["daily_quota"] for provider, figures in providers.items()} == {
+        "gmail": 4000,
+        "microsoft": 2500,
+        "yahoo": 1500,
+        "apple": 500,
+        "other": 1500,
+    }
+    assert providers["gmail"] == {"share": 40.0, "daily_quota": 4000, "sent_today": 0, "suspended_until": None}
     assert status["ips"][5]["daily_quota"] == 200
     assert status["ips"][5]["phase"] == "week_2"
 
@@ -159,8 +169,9 @@ def _many(tenant, count: int) -> None:
 def test_query_count_does_not_grow_with_the_number_of_ips(tenant, redis_client, count, django_assert_num_queries):
     _many(tenant, count)
 
-    # The IPs with their plans and domain names, then their tenants; the counter store is Redis.
-    with django_assert_num_queries(2):
+    # The IPs with their plans and domain names, their tenants, the tenants' provider shares, their sent per
+    # provider over the last 7 days (no shares of their own), the suspensions in force; the counters are Redis.
+    with django_assert_num_queries(5):
         status = warmup_status(Tenant.objects.all())
 
     assert len(status["ips"]) == count

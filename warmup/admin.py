@@ -30,7 +30,7 @@ from domains.models import IP
 
 from . import admin_views
 from .forms import PlanActionForm, WarmupScheduleForm
-from .models import Alert, AuditEvent, DailyStat, WarmupPlan, WarmupSchedule
+from .models import Alert, AuditEvent, DailyStat, ProviderShare, ProviderSuspension, WarmupPlan, WarmupSchedule
 
 UNAVAILABLE = "unavailable"
 
@@ -376,6 +376,7 @@ class WarmupPlanAdmin(PlanActionsMixin, TenantScopedAdmin):
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
             context["plan_chart"] = admin_views.plan_chart_data(obj)
+            context["plan_providers"] = admin_views.plan_providers(obj)
         return super().render_change_form(request, context, add, change, form_url, obj)
 
 
@@ -617,6 +618,42 @@ class AlertAdmin(ReadOnlyAdmin):
     @admin.display(description="message")
     def short_message(self, alert) -> str:
         return alert.message if len(alert.message) <= 120 else alert.message[:119] + "…"
+
+
+# --- Providers -------------------------------------------------------------------------------------
+
+
+@admin.register(ProviderShare)
+class ProviderShareAdmin(TenantScopedAdmin):
+    """A tenant's split of each IP's daily quota per mailbox provider (README "Providers")."""
+
+    list_display = ("tenant", "provider", "share")
+    list_editable = ("share",)
+    list_select_related = ("tenant",)
+    list_filter = (TenantListFilter, "provider")
+    ordering = ("tenant__name", "provider")
+
+
+@admin.register(ProviderSuspension)
+class ProviderSuspensionAdmin(ReadOnlyAdmin):
+    """Providers held at 0 for an IP: decided by the engine (thresholds) or the throttling check."""
+
+    list_display = ("ip", "tenant", "provider", "reason", "starts_at", "ends_at", "in_force", "lifted_at")
+    list_select_related = ("ip__tenant",)
+    list_filter = (TenantListFilter, "provider", "reason")
+    search_fields = ("=ip__address",)
+    date_hierarchy = "starts_at"
+    show_full_result_count = False
+    list_per_page = 100
+
+    @admin.display(description="tenant")
+    def tenant(self, suspension):
+        return suspension.ip.tenant
+
+    @admin.display(description="in force", boolean=True)
+    def in_force(self, suspension) -> bool:
+        now = timezone.now()
+        return suspension.starts_at <= now < suspension.ends_at
 
 
 # --- Schedules -------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from django.conf import settings
 from django.contrib import messages
@@ -28,7 +28,8 @@ from django.utils import timezone
 from domains.models import IP, Tenant
 
 from .forms import AddDomainForm
-from .models import Alert, AuditEvent, DailyStat, WarmupPlan, day_range
+from .models import Alert, AuditEvent, DailyStat, ProviderSuspension, WarmupPlan, day_range, rate
+from .providers import PROVIDERS
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def live_sent_today(ips) -> dict[int, int] | None:
     if sent is None:
         logger.warning("counter store unavailable: live sent counts not shown")
         return None
-    return {ip_id: count for (ip_id, _), count in sent.items()}
+    return {ip_id: sum(by_provider.values()) for (ip_id, _), by_provider in sent.items()}
 
 
 # --- Plan charts ------------------------------------------------------------------------------------
@@ -133,6 +134,61 @@ def plan_chart_data(plan: WarmupPlan, *, today: date | None = None) -> dict:
     return chart
 
 
+# --- Providers ------------------------------------------------------------------------------------
+
+
+def plan_providers(plan: WarmupPlan) -> dict:
+    """The plan page's provider table: per provider its share and quota today, today's live sent, the last
+    consolidated day's figures and rates, and the suspension in force; with the IP's recent suspensions."""
+    from .monitoring import ip_entries, monitored_ips
+
+    ip = monitored_ips([plan.ip.tenant]).get(pk=plan.ip_id)
+    today = ip.tenant.today()
+    entry = ip_entries([ip], today=today)[0]
+    last = DailyStat.objects.filter(ip_id=plan.ip_id, date__lt=today).order_by("-date").first()
+    rows = []
+    for provider, figures in entry["providers"].items():
+        day = (last.by_provider.get(provider) or {}) if last else {}
+        sent, delivered = day.get("sent", 0), day.get("delivered", 0)
+        until = figures["suspended_until"]
+        rows.append(
+            {
+                "provider": provider,
+                **figures,
+                "suspended_until": datetime.fromisoformat(until) if until else None,
+                "last_sent": sent,
+                "last_bounce_rate": rate(day.get("bounced", 0), sent) if sent else None,
+                "last_complaint_rate": rate(day.get("complaints", 0), delivered) if delivered else None,
+            }
+        )
+    return {
+        "rows": rows,
+        "last_date": last.date if last else None,
+        "store_down": entry["sent_today"] is None,
+        "max_bounce_rate": settings.WARMUP_MAX_BOUNCE_RATE,
+        "max_spam_rate": settings.WARMUP_MAX_SPAM_RATE,
+        "suspensions": list(ProviderSuspension.objects.filter(ip_id=plan.ip_id)[:RECENT_ROWS]),
+    }
+
+
+def provider_totals(entries: list[dict]) -> list[dict]:
+    """The dashboard's provider table: per provider, today's quota and sent over the given monitoring rows,
+    and how many IPs have it suspended."""
+    rows = []
+    for provider in PROVIDERS:
+        figures = [entry["providers"][provider] for entry in entries]
+        unknown = any(part["sent_today"] is None for part in figures)
+        rows.append(
+            {
+                "provider": provider,
+                "daily_quota": sum(part["daily_quota"] for part in figures),
+                "sent_today": None if unknown else sum(part["sent_today"] for part in figures),
+                "suspended_ips": sum(1 for part in figures if part["suspended_until"]),
+            }
+        )
+    return rows
+
+
 # --- Dashboard ------------------------------------------------------------------------------------
 
 
@@ -200,6 +256,18 @@ def dashboard_data(user, *, today: date | None = None) -> dict:
         "per_phase": [(phase_labels[key], per_phase[key]) for key in phase_labels if per_phase.get(key)],
         "per_status": [(status_labels[key], per_status[key]) for key in status_labels if per_status.get(key)],
         "needs_attention": [entry for entry in ips if entry["needs_attention"]],
+        "providers": provider_totals(ips),
+        "suspended": [
+            {
+                "ip": entry["ip"],
+                "domain": entry["domain"],
+                "provider": provider,
+                "until": datetime.fromisoformat(part["suspended_until"]),
+            }
+            for entry in ips
+            for provider, part in entry["providers"].items()
+            if part["suspended_until"]
+        ],
         "sent_today": None if any(entry["sent_today"] is None for entry in ips) else sum(e["sent_today"] for e in ips),
         "recent_alerts": list(Alert.objects.filter(tenant__in=tenants).select_related("tenant", "ip")[:RECENT_ROWS]),
         "recent_events": list(

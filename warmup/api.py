@@ -22,7 +22,7 @@ from .counters import CounterStoreUnavailable
 from .engine import ACTIONS as PLAN_ACTIONS
 from .engine import ActionRefused, perform
 from .forecast import forecast
-from .monitoring import ip_entry, live_sent, monitored_ips, warmup_status
+from .monitoring import ip_entries, monitored_ips, warmup_status
 from .mta_config import DryRunActive, generate_pmta_config
 from .onboarding import add_domain_with_ip, resolve_tenant
 from .serializers import (
@@ -181,7 +181,7 @@ class DomainsView(APIView):
         except DjangoValidationError as error:
             raise ValidationError(_field_errors(error)) from None
         ip = monitored_ips([tenant]).get(pk=plan.ip_id)
-        return Response(ip_entry(ip, sent_today=0), status=status.HTTP_201_CREATED)
+        return Response(ip_entries([ip], live=False)[0], status=status.HTTP_201_CREATED)
 
 
 class PlanActionView(APIView):
@@ -213,16 +213,7 @@ class PlanActionView(APIView):
         except DjangoValidationError as error:
             raise ValidationError(_field_errors(error)) from None
         ip = monitored_ips([plan.ip.tenant]).get(pk=plan.ip_id)
-        sent = _sent_today(ip)
-        return Response(
-            {"action": action, "event": AuditEventSerializer(event).data, "ip": ip_entry(ip, sent_today=sent)}
-        )
-
-
-def _sent_today(ip) -> int | None:
-    key = (ip.id, ip.tenant.today())
-    sent = live_sent([key])
-    return None if sent is None else sent.get(key, 0)
+        return Response({"action": action, "event": AuditEventSerializer(event).data, "ip": ip_entries([ip])[0]})
 
 
 class ForecastView(APIView):

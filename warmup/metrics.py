@@ -46,6 +46,7 @@ class WarmupCollector(Collector):
 
         from .counters import CounterStoreUnavailable, get_store
         from .models import DailyStat
+        from .providers import provider_quotas
 
         labels = ["tenant", "ip", "domain"]
         quota = GaugeMetricFamily("warmup_ip_daily_quota", "Messages the IP may send today.", labels=labels)
@@ -60,6 +61,18 @@ class WarmupCollector(Collector):
             "warmup_ip_complaint_rate",
             "Complaint rate of the last consolidated day, percent of delivered.",
             labels=labels,
+        )
+        provider_labels = [*labels, "provider"]
+        provider_quota = GaugeMetricFamily(
+            "warmup_ip_provider_daily_quota",
+            "The IP's daily quota for one mailbox provider (its share; 0 while suspended).",
+            labels=provider_labels,
+        )
+        provider_sent = GaugeMetricFamily(
+            "warmup_ip_provider_sent_today", "Messages sent today to one mailbox provider.", labels=provider_labels
+        )
+        provider_suspended = GaugeMetricFamily(
+            "warmup_ip_provider_suspended", "1 while the provider is suspended for the IP.", labels=provider_labels
         )
         store_up = GaugeMetricFamily("warmup_counter_store_up", "1 when the counter store answered this scrape.")
 
@@ -78,8 +91,10 @@ class WarmupCollector(Collector):
         for ip in ips:
             if ip.tenant_id not in days:
                 days[ip.tenant_id] = ip.tenant.today()
+        quotas = {ip.pk: ip.plan.daily_quota if getattr(ip, "plan", None) is not None else 0 for ip in ips}
+        by_provider = provider_quotas(ips, quotas)
         try:
-            sent_today = get_store().sent_on([(ip.pk, days[ip.tenant_id]) for ip in ips])
+            sent_today = get_store().sent_by_provider([(ip.pk, days[ip.tenant_id]) for ip in ips])
             store_up.add_metric([], 1)
         except CounterStoreUnavailable:
             # The other series are still worth having; the gap shows on warmup_counter_store_up.
@@ -88,16 +103,22 @@ class WarmupCollector(Collector):
 
         for ip in ips:
             values_ = [ip.tenant.slug, ip.address, ip.domain.name]
-            plan = getattr(ip, "plan", None)
-            quota.add_metric(values_, plan.daily_quota if plan is not None else 0)
-            if sent_today is not None:
-                sent.add_metric(values_, sent_today.get((ip.pk, days[ip.tenant_id]), 0))
+            quota.add_metric(values_, quotas[ip.pk])
+            sent_by_provider = None if sent_today is None else sent_today.get((ip.pk, days[ip.tenant_id]), {})
+            if sent_by_provider is not None:
+                sent.add_metric(values_, sum(sent_by_provider.values()))
+            for provider, part in by_provider[ip.pk].items():
+                provider_values = [*values_, provider]
+                provider_quota.add_metric(provider_values, part.daily_quota)
+                provider_suspended.add_metric(provider_values, 1 if part.suspended_until else 0)
+                if sent_by_provider is not None:
+                    provider_sent.add_metric(provider_values, sent_by_provider.get(provider, 0))
             for choice in IP.Status.values:
                 status.add_metric([*values_, choice], 1 if ip.status == choice else 0)
             if ip.last_sent is not None:
                 bounce.add_metric(values_, _percent(ip.last_bounced, ip.last_sent))
                 complaint.add_metric(values_, _percent(ip.last_complaints, ip.last_delivered))
-        yield from (quota, sent, status, bounce, complaint, store_up)
+        yield from (quota, sent, status, bounce, complaint, provider_quota, provider_sent, provider_suspended, store_up)
 
 
 def _percent(part: int | None, whole: int | None) -> float:

@@ -1,8 +1,11 @@
-"""The monitoring view: every IP of some tenants with its phase, quota and today's live sending.
+"""The monitoring view: every IP of some tenants with its phase, quota and today's live sending, overall
+and per mailbox provider.
 
-`warmup_status()` builds the JSON of PRODUCT.md section 7 "Monitoring view"; the API
-(`GET /api/v1/warmup`) and the `warmup_status` command both print it. It costs two SQL queries (the IPs with
-their plans, their tenants) and one counter-store round trip whatever the number of IPs.
+`warmup_status()` builds the JSON of PRODUCT.md section 7 "Monitoring view" (each IP's entry adds a
+`providers` object: share, quota, sent today and suspension per provider); the API (`GET /api/v1/warmup`)
+and the `warmup_status` command both print it. It costs at most five SQL queries (the IPs with their plans,
+their tenants, the tenants' shares, their history when they have no shares, the suspensions in force) and one
+counter-store round trip whatever the number of IPs.
 """
 
 from collections.abc import Iterable
@@ -15,6 +18,7 @@ from domains.models import IP, Tenant
 from .counters import CounterStoreUnavailable, get_store
 from .engine import ip_daily_quota
 from .models import WarmupPlan
+from .providers import PROVIDERS, ProviderQuota, provider_quotas
 
 
 def plan_of(ip: IP) -> WarmupPlan | None:
@@ -26,8 +30,8 @@ def plan_of(ip: IP) -> WarmupPlan | None:
         return None
 
 
-def live_sent(keys: list[tuple[int, date]]) -> dict[tuple[int, date], int] | None:
-    """Live "sent" counts of several IP-days in one round trip; None when the counter store is down.
+def live_sent(keys: list[tuple[int, date]]) -> dict[tuple[int, date], dict[str, int]] | None:
+    """Live "sent" per provider of several IP-days in one round trip; None when the counter store is down.
 
     The monitoring view must answer while Redis is unreachable (that is when operators look at it),
     so unavailability becomes "unknown" rather than an error.
@@ -35,15 +39,17 @@ def live_sent(keys: list[tuple[int, date]]) -> dict[tuple[int, date], int] | Non
     if not keys:
         return {}
     try:
-        return get_store().sent_on(keys)
+        return get_store().sent_by_provider(keys)
     except CounterStoreUnavailable:
         return None
 
 
-def ip_entry(ip: IP, sent_today: int | None) -> dict:
-    """One IP's row of the monitoring view (`ip` loaded with its tenant, domain and plan)."""
+def ip_entry(ip: IP, sent: dict[str, int] | None, providers: dict[str, ProviderQuota]) -> dict:
+    """One IP's row of the monitoring view (`ip` loaded with its tenant, domain and plan); `sent` is today's
+    per provider (None: unknown), `providers` its provider quotas."""
     plan = plan_of(ip)
     quota = ip_daily_quota(ip)
+    sent_today = None if sent is None else sum(sent.values())
     return {
         "ip": ip.address,
         "domain": getattr(ip, "domain_name", None) or ip.domain.name,
@@ -57,7 +63,34 @@ def ip_entry(ip: IP, sent_today: int | None) -> dict:
         "remaining_today": None if sent_today is None else max(0, quota - sent_today),
         "warmup_duration_days": plan.warmup_duration_days() if plan else 0,
         "needs_attention": plan.needs_attention if plan else False,
+        "providers": {
+            provider: {
+                "share": part.share,
+                "daily_quota": part.daily_quota,
+                "sent_today": None if sent is None else sent.get(provider, 0),
+                "suspended_until": part.suspended_until.isoformat() if part.suspended_until else None,
+            }
+            for provider, part in providers.items()
+        },
     }
+
+
+def ip_entries(ips: list[IP], *, today: date | None = None, live: bool = True) -> list[dict]:
+    """The monitoring rows of IPs loaded by `monitored_ips` (tenant cached), in at most three queries and one
+    counter-store round trip. `live=False` takes nothing as sent (an IP just added) without asking the store.
+    """
+    tenant_days = {}
+    for ip in ips:
+        if ip.tenant_id not in tenant_days:
+            tenant_days[ip.tenant_id] = today or ip.tenant.today()
+    keys = [(ip.id, tenant_days[ip.tenant_id]) for ip in ips]
+    nothing = dict.fromkeys(PROVIDERS, 0)
+    sent = live_sent(keys) if live else {key: nothing for key in keys}
+    quotas = provider_quotas(ips, {ip.id: ip_daily_quota(ip) for ip in ips})
+    return [
+        ip_entry(ip, None if sent is None else sent.get(key, nothing), quotas[ip.id])
+        for ip, key in zip(ips, keys, strict=True)
+    ]
 
 
 # The plan fields a row reads (through the model's rules); the rest stays in the database.
@@ -93,11 +126,7 @@ def warmup_status(tenants: Iterable[Tenant], *, today: date | None = None) -> di
     tenant_field = IP._meta.get_field("tenant")
     for ip in ips:
         tenant_field.set_cached_value(ip, tenant_of[ip.tenant_id])
-    tenant_days = {pk: today or tenant.today() for pk, tenant in tenant_of.items()}
-    days = {ip.id: tenant_days[ip.tenant_id] for ip in ips}
-    sent = live_sent([(ip.id, days[ip.id]) for ip in ips])
-
-    entries = [ip_entry(ip, None if sent is None else sent.get((ip.id, days[ip.id]), 0)) for ip in ips]
+    entries = ip_entries(ips, today=today)
     return {
         "ips": entries,
         "active_ips": sum(1 for ip in ips if ip.status == IP.Status.ACTIVE),

@@ -38,6 +38,15 @@ class TenantQuerySerializer(serializers.Serializer):
     tenant = serializers.SlugField(required=False, help_text="Tenant slug; default: every tenant of the caller.")
 
 
+class ProviderFiguresSerializer(serializers.Serializer):
+    share = serializers.FloatField(help_text="Percent of the IP's daily quota for this provider.")
+    daily_quota = serializers.IntegerField(help_text="The provider's part of the quota today; 0 while suspended.")
+    sent_today = serializers.IntegerField(allow_null=True, help_text="Live count; null when the counters are down.")
+    suspended_until = serializers.DateTimeField(
+        allow_null=True, help_text="End of the provider's suspension for this IP; null when it may send."
+    )
+
+
 class MonitoredIPSerializer(serializers.Serializer):
     ip = serializers.IPAddressField()
     domain = serializers.CharField()
@@ -51,6 +60,10 @@ class MonitoredIPSerializer(serializers.Serializer):
     remaining_today = serializers.IntegerField(allow_null=True)
     warmup_duration_days = serializers.IntegerField()
     needs_attention = serializers.BooleanField(help_text="Paused with no end: waits for a person.")
+    providers = serializers.DictField(
+        child=ProviderFiguresSerializer(),
+        help_text="Per mailbox provider (gmail, microsoft, yahoo, apple, other): share, quota, sent today, suspension.",
+    )
 
 
 class WarmupStatusSerializer(serializers.Serializer):

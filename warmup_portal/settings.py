@@ -257,10 +257,19 @@ WARMUP_PROVIDER_DOMAINS = {
 # Each IP's daily quota is split per mailbox provider (PRODUCT.md section 5, "Providers" in the README):
 # by the tenant's own shares (admin: Provider shares), else its last 7 days of sent mail, else these.
 WARMUP_PROVIDER_SHARES = env.dict(
-    "WARMUP_PROVIDER_SHARES",
-    cast={"value": float},
-    default={"gmail": 40.0, "microsoft": 25.0, "yahoo": 15.0, "apple": 5.0, "other": 15.0},
+    "WARMUP_PROVIDER_SHARES", default={"gmail": "40", "microsoft": "25", "yahoo": "15", "apple": "5", "other": "15"}
 )
+try:
+    WARMUP_PROVIDER_SHARES = {provider.strip(): float(share) for provider, share in WARMUP_PROVIDER_SHARES.items()}
+except ValueError:
+    raise ImproperlyConfigured(
+        f"WARMUP_PROVIDER_SHARES: {env.str('WARMUP_PROVIDER_SHARES', default='')!r} is not a list of "
+        "provider=weight pairs, e.g. gmail=40,microsoft=25,yahoo=15,apple=5,other=15"
+    ) from None
+if unknown := sorted(set(WARMUP_PROVIDER_SHARES) - {*WARMUP_PROVIDER_DOMAINS, "other"}):
+    raise ImproperlyConfigured(
+        f"WARMUP_PROVIDER_SHARES: unknown provider {unknown[0]!r} (expected gmail, microsoft, yahoo, apple, other)"
+    )
 # A provider whose bounce or complaint rate trips a threshold is paused for the IP this long ...
 WARMUP_PROVIDER_PAUSE_HOURS = env.int("WARMUP_PROVIDER_PAUSE_HOURS", default=48)
 # ... and the provider pause that makes this many within WARMUP_PROVIDER_ESCALATION_DAYS pauses the IP.

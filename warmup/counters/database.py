@@ -11,13 +11,13 @@ from datetime import date, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
-from django.db.models import Sum
 from django.utils import timezone
 
 from domains.models import Tenant
 
 from ..models import CounterCell, CounterDedupKey, MessageRef
 from .interface import (
+    PROVIDERS,
     CounterStore,
     CounterStoreUnavailable,
     GroupKey,
@@ -26,6 +26,7 @@ from .interface import (
     Window,
     WindowFull,
     check_increment,
+    split_field,
     stored_ref,
     totals,
 )
@@ -119,19 +120,18 @@ class DatabaseCounterStore(CounterStore):
                     params,
                 )
 
-    def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
+    def sent_by_provider(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], dict[str, int]]:
         if not keys:
             return {}
-        wanted = set(keys)
-        rows = (
-            CounterCell.objects.filter(
-                ip_id__in={ip_id for ip_id, _ in keys}, date__in={day for _, day in keys}, field__startswith="sent:"
-            )
-            .values_list("ip_id", "date")
-            .annotate(total=Sum("value"))
-        )
-        found = {(ip_id, day): total for ip_id, day, total in rows if (ip_id, day) in wanted}
-        return {key: found.get(key, 0) for key in keys}
+        found = {key: dict.fromkeys(PROVIDERS, 0) for key in keys}
+        rows = CounterCell.objects.filter(
+            ip_id__in={ip_id for ip_id, _ in keys}, date__in={day for _, day in keys}, field__startswith="sent:"
+        ).values_list("ip_id", "date", "field", "value")
+        for ip_id, day, field, value in rows:
+            sent = found.get((ip_id, day))
+            if sent is not None:
+                sent[split_field(field)[1]] += value
+        return found
 
     def read(self, ip_id: int, day: date) -> dict[str, int]:
         return totals(dict(CounterCell.objects.filter(ip_id=ip_id, date=day).values_list("field", "value")))

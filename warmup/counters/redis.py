@@ -259,7 +259,7 @@ class RedisCounterStore(CounterStore):
         return duplicates
 
     @_redis_reachable
-    def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
+    def sent_by_provider(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], dict[str, int]]:
         if not keys:
             return {}
         fields = [f"sent:{provider}" for provider in PROVIDERS]
@@ -267,7 +267,10 @@ class RedisCounterStore(CounterStore):
         for ip_id, day in keys:
             pipe.hmget(day_tag(ip_id, day) + ":c", fields)
         replies = pipe.execute()
-        return {key: sum(int(v) for v in values if v is not None) for key, values in zip(keys, replies, strict=True)}
+        return {
+            key: {provider: int(value or 0) for provider, value in zip(PROVIDERS, values, strict=True)}
+            for key, values in zip(keys, replies, strict=True)
+        }
 
     def read(self, ip_id: int, day: date) -> dict[str, int]:
         return totals(self.read_fields(ip_id, day))

@@ -22,6 +22,19 @@ COLUMNS = (
     ("remaining_today", "LEFT"),
     ("warmup_duration_days", "DAYS"),
 )
+PROVIDERS_HEADER = "BY PROVIDER (sent/quota)"
+
+
+def provider_cell(providers: dict) -> str:
+    """ "gmail 12/80, microsoft 0/0 suspended, ...": today's sent and quota per provider with a quota or mail."""
+    parts = []
+    for provider, figures in providers.items():
+        sent = "-" if figures["sent_today"] is None else figures["sent_today"]
+        if figures["suspended_until"]:
+            parts.append(f"{provider} {sent}/0 suspended")
+        elif figures["daily_quota"] or figures["sent_today"]:
+            parts.append(f"{provider} {sent}/{figures['daily_quota']}")
+    return ", ".join(parts) or "-"
 
 
 def tenants_for(value: str | None):
@@ -36,13 +49,13 @@ def tenants_for(value: str | None):
 
 def render_table(status: dict) -> list[str]:
     """The view as aligned text lines: one per IP, then the totals."""
-    rows = [[label for _, label in COLUMNS]]
+    rows = [[label for _, label in COLUMNS] + [PROVIDERS_HEADER]]
     for entry in status["ips"]:
         cells = ["-" if entry[key] is None else str(entry[key]) for key, _ in COLUMNS]
         if entry["needs_attention"]:
             cells[3] += " (needs attention)"
-        rows.append(cells)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+        rows.append([*cells, provider_cell(entry["providers"])])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS) + 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.append("")
     lines.append(
