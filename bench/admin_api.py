@@ -97,7 +97,7 @@ def build() -> None:
 
     started = time.perf_counter()
     with connection.cursor() as cursor:
-        # One statement, in the database: 100 days per IP, figures varied by IP and day.
+        # One statement, in the database: 100 days per IP, figures varied by IP and day, split per provider.
         cursor.execute(
             """
             INSERT INTO warmup_dailystat (ip_id, date, sent, delivered, bounced, bounced_hard, bounced_soft,
@@ -105,7 +105,14 @@ def build() -> None:
                                           by_provider, updated_at)
             SELECT ip.id, CURRENT_DATE - g, s, s - b, b, b / 2, b - b / 2, 0, s / 50,
                    CASE WHEN (ip.id + g) %% 17 = 0 THEN 1 ELSE 0 END, s / 5, s / 30, 0,
-                   '{}'::jsonb, now()
+                   jsonb_build_object(
+                       'gmail', jsonb_build_object('sent', s * 4 / 10, 'delivered', s * 4 / 10 - b / 2,
+                                                   'bounced', b / 2),
+                       'microsoft', jsonb_build_object('sent', s / 4, 'delivered', s / 4 - b / 4, 'bounced', b / 4),
+                       'yahoo', jsonb_build_object('sent', s / 5, 'delivered', s / 5 - b / 4, 'bounced', b / 4),
+                       'other', jsonb_build_object('sent', s - s * 4 / 10 - s / 4 - s / 5,
+                                                   'delivered', s - s * 4 / 10 - s / 4 - s / 5)
+                   ), now()
             FROM domains_ip ip
             CROSS JOIN generate_series(1, %s) AS g
             CROSS JOIN LATERAL (SELECT 50 + (ip.id * 7919 + g * 104729) %% 5000 AS s) AS sent

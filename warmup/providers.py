@@ -13,8 +13,8 @@ should not send more to the rest that day.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db.models import IntegerField, Q, Sum
@@ -31,9 +31,8 @@ PROVIDERS: tuple[str, ...] = tuple(Provider.values)
 HISTORY_DAYS = 7
 
 
-@dataclass(frozen=True, slots=True)
-class ProviderQuota:
-    """One provider's part of an IP's day."""
+class ProviderQuota(NamedTuple):
+    """One provider's part of an IP's day (a tuple: the monitoring view builds five per IP)."""
 
     provider: str
     share: float  # percent of the IP's quota, after scaling the tenant's weights to 100
@@ -108,12 +107,17 @@ def split_quota(quota: int, weights: Mapping[str, float]) -> dict[str, int]:
     return parts
 
 
-def suspensions_in_force(ip_ids: Iterable[int], now: datetime | None = None) -> dict[int, dict[str, datetime]]:
-    """{ip id: {provider: end of its suspension}} for the suspensions in force at `now`, in one query."""
+def suspensions_in_force(ips: Iterable[IP], now: datetime | None = None) -> dict[int, dict[str, datetime]]:
+    """{ip id: {provider: end of its suspension}} for the suspensions of these IPs in force at `now`, in one
+    query (by their tenants: a short list to bind, whatever the number of IPs; suspensions are few)."""
     now = now or timezone.now()
+    ips = list(ips)
+    wanted = {ip.pk for ip in ips}
     found: dict[int, dict[str, datetime]] = {}
-    rows = ProviderSuspension.objects.active(now).filter(ip_id__in=list(ip_ids))
+    rows = ProviderSuspension.objects.active(now).filter(ip__tenant_id__in={ip.tenant_id for ip in ips})
     for ip_id, provider, ends_at in rows.values_list("ip_id", "provider", "ends_at"):
+        if ip_id not in wanted:
+            continue
         current = found.setdefault(ip_id, {}).get(provider)
         if current is None or ends_at > current:
             found[ip_id][provider] = ends_at
@@ -125,27 +129,31 @@ def provider_quotas(
 ) -> dict[int, dict[str, ProviderQuota]]:
     """Each IP's quota per provider: {ip id: {provider: ProviderQuota}}, in at most three queries.
 
-    `ips` carry their tenant (select_related or a cached tenant); `quotas` is each IP's daily quota.
+    `ips` carry their tenant (select_related or a cached tenant); `quotas` is each IP's daily quota. IPs of a
+    tenant with the same quota and no suspension share one split (a handful of quotas per tenant).
     """
     ips = list(ips)
     if not ips:
         return {}
-    tenants = {ip.tenant_id: ip.tenant for ip in ips}
-    weights = tenant_shares(tenants.values())
-    suspended = suspensions_in_force([ip.pk for ip in ips], now)
+    weights = tenant_shares({ip.tenant_id: ip.tenant for ip in ips}.values())
+    suspended = suspensions_in_force(ips, now)
+    splits: dict[tuple[int, int], dict[str, ProviderQuota]] = {}
     result = {}
     for ip in ips:
-        tenant_weights = weights[ip.tenant_id]
-        shares = percentages(tenant_weights)
-        parts = split_quota(quotas.get(ip.pk, 0), tenant_weights)
-        held = suspended.get(ip.pk, {})
-        result[ip.pk] = {
-            provider: ProviderQuota(
-                provider=provider,
-                share=shares[provider],
-                daily_quota=0 if provider in held else parts[provider],
-                suspended_until=held.get(provider),
-            )
-            for provider in PROVIDERS
-        }
+        quota = quotas.get(ip.pk, 0)
+        split = splits.get((ip.tenant_id, quota))
+        if split is None:
+            tenant_weights = weights[ip.tenant_id]
+            shares = percentages(tenant_weights)
+            parts = split_quota(quota, tenant_weights)
+            split = splits[(ip.tenant_id, quota)] = {
+                provider: ProviderQuota(provider, shares[provider], parts[provider]) for provider in PROVIDERS
+            }
+        held = suspended.get(ip.pk)
+        if held:
+            split = {
+                provider: part._replace(daily_quota=0, suspended_until=held[provider]) if provider in held else part
+                for provider, part in split.items()
+            }
+        result[ip.pk] = split
     return result
