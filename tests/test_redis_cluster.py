@@ -2,7 +2,8 @@
 
 Ingestion through the webhook (a batch spanning IP-days on several nodes, message references, complaints
 attributed through them), de-duplication across retries, and consolidation killed at each of its steps
-while increments keep arriving: all exact.
+while increments keep arriving: all exact. Also what the cluster's non-atomic steps could lose: an index entry
+a killed web process never wrote, a claim killed half-way, and a run with nothing finished.
 """
 
 import random
@@ -17,7 +18,9 @@ import redis
 
 from domains.models import WebhookToken
 from tests.support import run_script, start_script, subprocess_env
-from warmup.counters import day_tag, get_store
+from warmup.consolidation import consolidate
+from warmup.counters import INDEX_KEY, Increment, day_tag, get_store
+from warmup.counters.redis import IN_FLIGHT_KEY
 from warmup.models import DailyStat
 
 from .factories import DomainFactory, IPFactory, TenantFactory
@@ -210,3 +213,52 @@ def test_killed_consolidation_re_run_on_a_cluster_counts_every_increment_exactly
         consolidated = dict(DailyStat.objects.filter(ip=ip).values_list("date", "sent"))
         assert {day: consolidated.get(day, 0) for day in days} == {day: int(made[day.isoformat()]) for day in days}
     assert get_store().in_flight() == []
+
+
+def test_a_consolidation_with_no_finished_day_succeeds_and_leaves_today(db, on_cluster):
+    ip = IPFactory(domain__tenant=TenantFactory(time_zone="UTC"))
+    today = datetime.now(UTC).date()
+    store = get_store()
+    store.apply([Increment(ip.pk, today, {"sent": 3, "delivered": 3}, "gmail")])
+
+    consolidate()  # nothing finished: nothing to claim (an empty claim was refused by the cluster)
+
+    assert not DailyStat.objects.exists()
+    assert store.read(ip.pk, today)["sent"] == 3
+
+
+def test_a_retry_puts_back_an_index_entry_a_killed_process_never_wrote(client, db, on_cluster):
+    tenant = TenantFactory(time_zone="UTC")
+    ip = IPFactory(domain=DomainFactory(tenant=tenant), address="10.2.0.1")
+    poster = Poster(client, WebhookToken.issue(tenant)[1])
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+    body = csv_body([f"d,{int(yesterday.timestamp()) + n},u{n}@gmail.com,{ip.address},<k{n}@x>" for n in range(5)])
+    assert poster.post(POWERMTA, body, "text/csv").json()["accepted"] == 5
+    # The counts reached their node but the process died before listing the IP-day for consolidation.
+    on_cluster.srem(INDEX_KEY, day_tag(ip.pk, yesterday.date()) + ":c")
+
+    again = poster.post(POWERMTA, body, "text/csv").json()  # the sender had no answer: it retries
+    assert (again["accepted"], again["duplicates"]) == (0, 5)
+    consolidate()
+
+    assert DailyStat.objects.get(ip=ip, date=yesterday.date()).sent == 5
+
+
+@pytest.mark.django_db(transaction=True)  # batches are forgotten once consolidation's transaction commits
+def test_a_claim_killed_between_the_index_and_the_renames_loses_nothing(on_cluster):
+    ip = IPFactory(domain__tenant=TenantFactory(time_zone="UTC"))
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    store = get_store()
+    store.apply([Increment(ip.pk, yesterday, {"sent": 7, "delivered": 7}, "gmail")])
+    # What a run killed inside the cluster's claim leaves: its batch recorded, the index entry dropped, the
+    # hash not renamed yet.
+    tag = day_tag(ip.pk, yesterday)
+    on_cluster.sadd(IN_FLIGHT_KEY, f"{tag}:b:{'0' * 32}")
+    on_cluster.srem(INDEX_KEY, tag + ":c")
+
+    consolidate()
+
+    assert DailyStat.objects.get(ip=ip, date=yesterday).sent == 7
+    assert store.in_flight() == [] and store.read(ip.pk, yesterday)["sent"] == 0
+    consolidate()
+    assert DailyStat.objects.get(ip=ip, date=yesterday).sent == 7

@@ -162,7 +162,7 @@ class RedisCounterStore(CounterStore):
             reply = self._apply_script(keys=keys, args=args)
             if reply == -1:
                 raise WindowFull(window.name)
-            return self._decode_apply(context, reply, touched=None)
+            return self._decode_apply(context, reply)
         if window is not None:
             self.hit_window(window)
         if refs is not None:
@@ -172,12 +172,14 @@ class RedisCounterStore(CounterStore):
             ip_id, day = item[0][:2]
             by_slot[self.client.keyslot(day_tag(ip_id, day))].append(item)
         duplicates: set[tuple] = set()
-        touched: set[str] = set()
+        hashes: list[str] = []
         for items in by_slot.values():
             keys, args, context = self._encode_apply(items, False)
-            duplicates |= self._decode_apply(context, self._apply_script(keys=keys, args=args), touched=touched)
-        if touched:
-            self.client.sadd(INDEX_KEY, *touched)
+            duplicates |= self._decode_apply(context, self._apply_script(keys=keys, args=args))
+            hashes += keys[::2]  # (day hash, de-duplication set) per IP-day
+        # Every IP-day of the batch, duplicates included: had the process died between an earlier try's
+        # counts and its index entry, the sender's retry (all duplicates) puts the entry back.
+        self.client.sadd(INDEX_KEY, *hashes)
         return duplicates
 
     def _encode_apply(
@@ -241,21 +243,14 @@ class RedisCounterStore(CounterStore):
         return keys, args, (items, keys, keyed_positions, hashes)
 
     @staticmethod
-    def _decode_apply(context: tuple, replies: list, touched: set[str] | None) -> set[tuple]:
-        """The duplicates a call of the script answered, as (group key, position in the group); without
-        the index (`touched` given), the hashes it counted into are added to `touched`."""
+    def _decode_apply(context: tuple, replies: list) -> set[tuple]:
+        """The duplicates a call of the script answered, as (group key, position in the group)."""
         items, keys, keyed_positions, hashes = context
         duplicates: set[tuple] = set()
-        found_in: dict[int, int] = {}  # group number -> its duplicates
         for number, *found in replies:
             key = items[number - 1][0]
             places = keyed_positions.get(number - 1)
             duplicates.update((key, places[n - 1] if places else n - 1) for n in found)
-            found_in[number - 1] = len(found)
-        if touched is not None:
-            for number, (key, dedup_keys) in enumerate(items):
-                if len(dedup_keys) > found_in.get(number, 0):
-                    touched.add(keys[2 * hashes[key[:2]] - 2])
         return duplicates
 
     @_redis_reachable
@@ -380,7 +375,11 @@ class RedisCounterStore(CounterStore):
 
     def _claim_on_cluster(self, pairs: list[tuple[str, str]]) -> list[str]:
         # Without a cross-slot script: record the batches first (a recorded batch whose hash did not
-        # exist reads as empty), drop the index entries, then rename slot by slot.
+        # exist reads as empty), drop the index entries, then rename slot by slot. A run killed between
+        # the index and the renames leaves hashes off the index: the next run puts its leftovers' hashes
+        # back on it (`consolidate`).
+        if not pairs:
+            return []
         batch_keys = [f"{tag}:b:{batch_id}" for tag, batch_id in pairs]
         self.client.sadd(IN_FLIGHT_KEY, *batch_keys)
         self.client.srem(INDEX_KEY, *[tag + ":c" for tag, _ in pairs])
@@ -425,6 +424,10 @@ class RedisCounterStore(CounterStore):
 
     def consolidate(self, run) -> None:
         leftovers = self.in_flight()
+        if leftovers and self.cluster:
+            # The cluster's claim is not atomic (`_claim_on_cluster`): a killed run may have dropped index
+            # entries of hashes it never renamed. Listing them again is harmless (a missing hash is skipped).
+            self.client.sadd(INDEX_KEY, *{day_tag(b.ip_id, b.day) + ":c" for b in leftovers})
         if leftovers:
             applied = set(
                 ConsolidationBatch.objects.filter(batch_id__in=[b.batch_id for b in leftovers]).values_list(
