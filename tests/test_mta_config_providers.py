@@ -180,6 +180,17 @@ def test_the_hash_changes_on_a_suspension_and_on_a_phase_change_only(tenant, fle
     assert config_hash(generate(tenant)) not in (first, suspended)
 
 
+@pytest.mark.parametrize("generate", [generate_pmta_config, generate_kumomta_config])
+def test_each_file_states_its_own_hash_in_its_header(tenant, fleet, generate):
+    suspend(fleet["warming"], "gmail")
+    text = generate(tenant)
+
+    assert text.splitlines()[2] == (
+        f"# Content hash {config_hash(text)}: when the admin's MTA configurations page shows another one, "
+        "this file is stale."
+    )
+
+
 def test_the_hash_ignores_comments_and_blank_lines():
     assert config_hash("# a\n<x>\n\n  y 1\n") == config_hash("# b\n<x>\n  y 1\n# c\n")
     assert config_hash("<x>\n  y 1\n") != config_hash("<x>\n  y 2\n")

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from domains.models import IP, Tenant
 
-from .mta_config import DryRunActive, cap_comment, provider_caps, sending_ips
+from .mta_config import DryRunActive, cap_comment, provider_caps, sending_ips, stamp_hash
 
 # KumoMTA cannot be told "0 an hour" in a shaping file: a throttle spec whose limit is 0 is refused
 # when the configuration loads ("limit must be greater than 0!", ThrottleSpec and LimitSpec in
@@ -90,4 +90,4 @@ def generate_kumomta_config(tenant: Tenant, *, now: datetime | None = None) -> s
             if rate == HELD_RATE:
                 lines.append(f'source_selection_rate = "{HELD_RATE}"')
             lines.append("")
-    return "\n".join(lines).rstrip("\n") + "\n"
+    return stamp_hash("\n".join(lines).rstrip("\n") + "\n")

@@ -145,6 +145,17 @@ def config_hash(text: str) -> str:
     return hashlib.sha256("\n".join(directives).encode()).hexdigest()[:HASH_LENGTH]
 
 
+def stamp_hash(text: str) -> str:
+    """`text` with its content hash written as a comment after the two header lines, so that the file
+    an MTA loaded says which state it is; comments are outside the hash, so stamping does not change it."""
+    lines = text.split("\n")
+    stamp = (
+        f"# Content hash {config_hash(text)}: when the admin's MTA configurations page shows another one, "
+        "this file is stale."
+    )
+    return "\n".join([*lines[:2], stamp, *lines[2:]])
+
+
 def generate_pmta_config(tenant: Tenant, *, now: datetime | None = None) -> str:
     """The tenant's PowerMTA configuration, to be included from the main config file.
 
@@ -204,4 +215,4 @@ def generate_pmta_config(tenant: Tenant, *, now: datetime | None = None) -> str:
         lines.append(f"<virtual-mta-pool {domain}>")
         lines += [f"    virtual-mta {name}" for name in members]
         lines += ["</virtual-mta-pool>", ""]
-    return "\n".join(lines).rstrip("\n") + "\n"
+    return stamp_hash("\n".join(lines).rstrip("\n") + "\n")

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from warmup.kumomta_config import generate_kumomta_config
 from warmup.management.commands.generate_pmta_config import write_atomically
-from warmup.mta_config import DryRunActive
+from warmup.mta_config import DryRunActive, config_hash
 from warmup.onboarding import resolve_tenant
 
 
@@ -42,4 +42,5 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"Cannot write {path}: {exc.strerror}.") from None
         if options["verbosity"] > 0:
-            self.stdout.write(self.style.SUCCESS(f"KumoMTA configuration of {tenant.slug} written to {path}."))
+            written = f"KumoMTA configuration of {tenant.slug} written to {path} (content hash {config_hash(text)})."
+            self.stdout.write(self.style.SUCCESS(written))
