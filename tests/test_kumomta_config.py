@@ -277,3 +277,17 @@ def test_admin_page_query_count_does_not_grow_with_the_ips(tenant, django_assert
 
     with django_assert_max_num_queries(len(few)):
         assert client.get(url).status_code == 200
+
+
+def test_admin_page_lets_a_superuser_pick_any_tenant_and_tells_a_user_without_one(tenant, fleet, superuser):
+    other = TenantFactory(slug="other", name="Other")
+    plan_in_state("warming", tenant=other, address="192.0.2.9", phase="week_2")
+    url = reverse("admin:warmup_mta_configs")
+    root = admin_client(superuser)
+
+    html = root.get(url + "?tenant=sos-expat").content.decode()
+    assert "vmta-45-123-10-2" in html and 'href="?tenant=other"' in html
+    assert "vmta-192-0-2-9" in root.get(url + "?tenant=other").content.decode()
+
+    html = admin_client(make_member("newcomer")).get(url).content.decode()
+    assert "You belong to no tenant yet" in html

@@ -1,5 +1,5 @@
 """KumoMTA configuration for today's quotas: a traffic-shaping file for KumoMTA's shaping helper
-(`policy-extras/shaping.lua`), the KumoMTA counterpart of warmup.mta_config (README "What the MTA is told").
+(`policy-extras/shaping.lua`), the KumoMTA counterpart of warmup.mta_config (README "Loading the MTA configurations").
 
 Owns the file's layout only; which IPs appear, their caps and suspensions come from
 `warmup.mta_config.sending_ips()` / `provider_caps()`, so that both MTAs are told the same thing.
@@ -19,9 +19,9 @@ from datetime import datetime
 from django.conf import settings
 from django.utils import timezone
 
-from domains.models import IP, Tenant
+from domains.models import Tenant
 
-from .mta_config import DryRunActive, cap_comment, provider_caps, sending_ips, stamp_hash
+from .mta_config import SENDING_STATUSES, DryRunActive, cap_comment, provider_caps, sending_ips, stamp_hash
 
 # KumoMTA cannot be told "0 an hour" in a shaping file: a throttle spec whose limit is 0 is refused
 # when the configuration loads ("limit must be greater than 0!", ThrottleSpec and LimitSpec in
@@ -30,8 +30,9 @@ from .mta_config import DryRunActive, cap_comment, provider_caps, sending_ips, s
 # subsumed by real-time suspensions, `kcli suspend-ready-q` / POST /api/admin/suspend-ready-q/v1, which
 # are runtime calls, not configuration). So a suspended pair is held at the smallest rate KumoMTA
 # accepts, one message a day, on both the path's message rate and the source's selection rate: with
-# the selection throttle used up, KumoMTA's pool selection hands the domain's mail to the pool's other
-# sources instead of queueing it behind the held one. The comment above the section states the
+# the selection throttle used up, KumoMTA's pool selection passes over the source for that domain and
+# uses the pool's other sources (docs: kumo.make_egress_path / source_selection_rate, the IP-warmup
+# use it describes) instead of queueing the domain's mail behind the held one. The comment above the section states the
 # provider's quota as 0, as PowerMTA's `max-msg-rate 0` does.
 HELD_RATE = "1/d"
 
@@ -70,8 +71,8 @@ def generate_kumomta_config(tenant: Tenant, *, now: datetime | None = None) -> s
     sections: dict[str, dict[str, tuple[str, str]]] = {}
     for ip in ips:
         entry = capped[ip.pk]
-        if ip.status not in (IP.Status.WARMING, IP.Status.ACTIVE):
-            continue
+        if ip.status not in SENDING_STATUSES:
+            continue  # paused or pending: in no pool, nothing to shape
         for cap in entry.caps:
             rate = f"{cap.hourly_rate}/h" if cap.hourly_rate else HELD_RATE
             comment = cap_comment(cap, entry.daily_quota, tenant.zone)

@@ -1,5 +1,5 @@
 """PowerMTA configuration for today's quotas (PRODUCT.md section 7, "PowerMTA configuration"), and
-what both MTA configurations share (README "What the MTA is told").
+what both MTA configurations share (README "Loading the MTA configurations").
 
 One `<virtual-mta>` per IP with its source host; a warming IP's vmta caps every destination at
 ceil(quota / 24) messages an hour, so that the MTA, not the sender, enforces the plan, and then caps
