@@ -29,6 +29,8 @@ def parse_pmta(text: str) -> dict:
 
     Returns {"vmtas": {name: {"source": (ip, host), "max_msg_rate": "n/h" or None}},
              "pools": {name: [vmta, ...]}}; comments and blank lines are skipped, nesting is checked.
+    `max_msg_rate` is the `<domain *>` cap; the per-provider `<domain D>` blocks are read by
+    tests/test_mta_config_providers.py.
     """
     vmtas, pools, stack = {}, {}, []
     for number, raw in enumerate(text.splitlines(), 1):
@@ -55,7 +57,8 @@ def parse_pmta(text: str) -> dict:
         if key == "smtp-source-host" and kind == "virtual-mta":
             vmtas[name]["source"] = tuple(values)
         elif key == "max-msg-rate" and kind == "domain":
-            vmtas[stack[-2][1]]["max_msg_rate"] = values[0]
+            if name == "*":
+                vmtas[stack[-2][1]]["max_msg_rate"] = values[0]
         elif key == "virtual-mta" and kind == "virtual-mta-pool":
             pools[name].append(values[0])
         else:

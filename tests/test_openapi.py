@@ -28,6 +28,7 @@ REQUESTS = {
     "plan_action": {"body": {"reason": "checking the blocklists"}},
     "forecast": {"query": "?days=60&target_ips=8"},
     "pmta_config": {"query": "?tenant=sos-expat"},
+    "kumomta_config": {"query": "?tenant=sos-expat"},
 }
 EXPECTED_STATUS = {"domains_create": 201}
 
@@ -146,7 +147,7 @@ def test_each_endpoint_answers_as_documented(demo, redis_client):
                 jsonschema.validate(response.json(), json_schema(documented[media_type]["schema"], components))
             else:
                 assert documented[media_type]["schema"]["type"] == "string"
-                assert response.content.decode().startswith("# PowerMTA configuration")
+                assert response.content.decode().startswith(("# PowerMTA configuration", "# KumoMTA traffic shaping"))
             walked.add(name)
 
     assert walked == set(REQUESTS)
@@ -166,6 +167,7 @@ def test_documented_errors_are_what_the_endpoints_return(demo):
         ("/api/v1/plans/{address}/{action}", "post", "", {}, 409),  # already paused
         ("/api/v1/forecast", "get", "?days=0", None, 400),
         ("/api/v1/pmta-config", "get", "?tenant=nope", None, 404),
+        ("/api/v1/kumomta-config", "get", "?tenant=nope", None, 404),
     ]
     for path, method, query, body, expected in cases:
         url = path.format(**PATH_VALUES) + query

@@ -4,9 +4,11 @@
   events, all for the tenants the user belongs to (every tenant for a superuser).
 - `add_domain_view`: "Add domain with IP", one form calling `warmup.onboarding.add_domain_with_ip`.
 - `plan_chart_data`: a plan's daily quota vs sent and its rates vs the thresholds, with pause markers.
+- `mta_configs_view`: "MTA configurations", a tenant's generated PowerMTA and KumoMTA configurations with
+  their content hashes, so that an operator sees when the MTA's copy is stale.
 
-The rules stay where they live (the engine, onboarding, monitoring, forecast); these views only read
-and arrange their results. `warmup_portal.admin.PortalAdminSite` routes the two pages.
+The rules stay where they live (the engine, onboarding, monitoring, forecast, the MTA generators); these
+views only read and arrange their results. `warmup_portal.admin.PortalAdminSite` routes the pages.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from django.contrib import messages
 from django.contrib.admin.sites import AdminSite
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Sum
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -327,3 +329,52 @@ def add_domain_view(request: HttpRequest, site: AdminSite) -> HttpResponse:
         "opts": IP._meta,
     }
     return TemplateResponse(request, "admin/warmup/add_domain.html", context)
+
+
+# --- MTA configurations ---------------------------------------------------------------------------
+
+
+def mta_configurations(tenant: Tenant) -> list[dict]:
+    """Both generated configurations of a tenant with their content hashes; `error` instead in dry run."""
+    from .kumomta_config import generate_kumomta_config
+    from .mta_config import DryRunActive, config_hash, generate_pmta_config
+
+    now = timezone.now()
+    configurations = []
+    for name, generate, command, endpoint in (
+        ("PowerMTA", generate_pmta_config, "generate_pmta_config", "api-pmta-config"),
+        ("KumoMTA", generate_kumomta_config, "generate_kumomta_config", "api-kumomta-config"),
+    ):
+        entry = {
+            "name": name,
+            "command": f"manage.py {command} --tenant {tenant.slug}",
+            "url": f"{reverse(endpoint)}?tenant={tenant.slug}",
+        }
+        try:
+            text = generate(tenant, now=now)
+        except DryRunActive as exc:
+            entry.update(text=None, hash=None, error=str(exc))
+        else:
+            entry.update(text=text, hash=config_hash(text), error=None)
+        configurations.append(entry)
+    return configurations
+
+
+def mta_configs_view(request: HttpRequest, site: AdminSite) -> HttpResponse:
+    """One tenant's configurations (`?tenant=slug`, else the user's first): another tenant's is a 404."""
+    tenants = list(Tenant.objects.visible_to(request.user).order_by("slug"))
+    slug = request.GET.get("tenant")
+    if slug:
+        tenant = next((t for t in tenants if t.slug == slug), None)
+        if tenant is None:
+            raise Http404(f"No tenant {slug!r} among yours.")
+    else:
+        tenant = tenants[0] if tenants else None
+    context = {
+        **site.each_context(request),
+        "title": "MTA configurations",
+        "tenants": tenants,
+        "tenant": tenant,
+        "configurations": mta_configurations(tenant) if tenant else [],
+    }
+    return TemplateResponse(request, "admin/warmup/mta_configs.html", context)

@@ -1,5 +1,5 @@
 """The portal's HTTP API (v1): thin DRF views over the monitoring, statistics, onboarding, engine,
-forecast and MTA-configuration modules (PRODUCT.md section 7).
+forecast and MTA-configuration (PowerMTA and KumoMTA) modules (PRODUCT.md section 7).
 
 Authentication is a DRF token or the admin session; every object is looked up among the caller's
 tenants (`permissions.py`), so another tenant's IP is a 404. Errors name the offending field.
@@ -22,6 +22,7 @@ from .counters import CounterStoreUnavailable
 from .engine import ACTIONS as PLAN_ACTIONS
 from .engine import ActionRefused, perform
 from .forecast import forecast
+from .kumomta_config import generate_kumomta_config
 from .monitoring import ip_entries, monitored_ips, warmup_status
 from .mta_config import DryRunActive, generate_pmta_config
 from .onboarding import add_domain_with_ip, resolve_tenant
@@ -265,6 +266,36 @@ class PmtaConfigView(APIView):
         tenant = permissions.tenant_from_query(request.user, query.get("tenant"), required=True)
         try:
             text = generate_pmta_config(tenant)
+        except DryRunActive as exc:
+            raise Conflict(str(exc)) from None
+        return HttpResponse(text, content_type="text/plain; charset=utf-8")
+
+
+class KumomtaConfigView(APIView):
+    """The KumoMTA counterpart of PmtaConfigView: same authentication, tenant rules and errors."""
+
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = FirstRendererNegotiation
+
+    @extend_schema(
+        operation_id="kumomta_config",
+        tags=["mta"],
+        summary="KumoMTA traffic-shaping file for today's quotas",
+        parameters=[PmtaConfigQuerySerializer],
+        responses={
+            (200, "text/plain"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="KumoMTA shaping TOML: per egress source and provider domain, max_message_rate.",
+            ),
+            **ERROR_RESPONSES,
+            409: OpenApiResponse(OpenApiTypes.OBJECT, description="WARMUP_DRY_RUN is on: no quota reaches the MTA."),
+        },
+    )
+    def get(self, request: Request) -> HttpResponse:
+        query = _query(PmtaConfigQuerySerializer, request)
+        tenant = permissions.tenant_from_query(request.user, query.get("tenant"), required=True)
+        try:
+            text = generate_kumomta_config(tenant)
         except DryRunActive as exc:
             raise Conflict(str(exc)) from None
         return HttpResponse(text, content_type="text/plain; charset=utf-8")

@@ -16,4 +16,5 @@ urlpatterns = [
     path("plans/<str:address>/<str:action>", api.PlanActionView.as_view(), name="api-plan-action"),
     path("forecast", api.ForecastView.as_view(), name="api-forecast"),
     path("pmta-config", api.PmtaConfigView.as_view(), name="api-pmta-config"),
+    path("kumomta-config", api.KumomtaConfigView.as_view(), name="api-kumomta-config"),
 ]

@@ -1,4 +1,5 @@
-"""The admin site of the portal: Django's site plus two portal-wide pages (the dashboard and "add domain with IP").
+"""The admin site of the portal: Django's site plus its portal-wide pages (the dashboard, "add domain with IP"
+and "MTA configurations").
 
 `PortalAdminConfig` replaces `django.contrib.admin` in INSTALLED_APPS so that `admin.site` (and every
 `@admin.register`) is a `PortalAdminSite`. The pages themselves live in `warmup/admin_views.py`; this module
@@ -23,6 +24,9 @@ class PortalAdminSite(admin.AdminSite):
         return [
             path("dashboard/", self.admin_view(admin_views.dashboard_view), {"site": self}, name="warmup_dashboard"),
             path("add-domain/", self.admin_view(admin_views.add_domain_view), {"site": self}, name="warmup_add_domain"),
+            path(
+                "mta-configs/", self.admin_view(admin_views.mta_configs_view), {"site": self}, name="warmup_mta_configs"
+            ),
         ] + super().get_urls()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from warmup.mta_config import DryRunActive, generate_pmta_config
+from warmup.mta_config import DryRunActive, config_hash, generate_pmta_config
 from warmup.onboarding import resolve_tenant
 
 
@@ -58,4 +58,5 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"Cannot write {path}: {exc.strerror}.") from None
         if options["verbosity"] > 0:
-            self.stdout.write(self.style.SUCCESS(f"PowerMTA configuration of {tenant.slug} written to {path}."))
+            written = f"PowerMTA configuration of {tenant.slug} written to {path} (content hash {config_hash(text)})."
+            self.stdout.write(self.style.SUCCESS(written))
