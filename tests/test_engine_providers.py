@@ -113,12 +113,13 @@ def test_only_microsoft_bouncing_pauses_microsoft_for_48_hours_while_the_plan_ke
 
 
 @pytest.mark.django_db
-def test_the_provider_pause_records_its_figures_and_raises_one_alert():
+def test_the_provider_pause_records_its_figures_and_sends_one_alert(fake_telegram, django_capture_on_commit_callbacks):
     tenant = TenantFactory(name="SOS-Expat", slug="sos-expat")
     plan = warming(tenant=tenant)
     send(plan, day_n(1), MICROSOFT_BOUNCING)
     send(plan, day_n(2), MICROSOFT_BOUNCING)
-    tick_on(day_n(3))
+    with django_capture_on_commit_callbacks(execute=True):
+        tick_on(day_n(3))
 
     event = AuditEvent.objects.get(plan=plan, kind=Kind.PROVIDER_PAUSED)
     assert (event.from_status, event.to_status, event.from_phase, event.to_phase) == (
@@ -157,6 +158,10 @@ def test_the_provider_pause_records_its_figures_and_raises_one_alert():
     assert "bounce rate 8.00% > 5.00% over 100 sent" in alert.message
     assert "until 2027-01-08 01:00 UTC" in alert.message
     assert alert.figures["provider"] == "microsoft"
+    alert.refresh_from_db()
+    assert alert.delivery == Alert.Delivery.SENT
+    [text] = fake_telegram.texts()
+    assert f"Microsoft paused for {plan.ip.address}" in text and "bounce rate 8.00% &gt; 5.00%" in text
 
 
 @pytest.mark.django_db
