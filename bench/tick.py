@@ -2,7 +2,9 @@
 
 Plans in varied states, each with one date to process (last ticked D-1): warming in every phase with
 DailyStat rows for the judged days D-1..D-3 (most clean and qualifying, some with a bounce or complaint
-rate over the threshold, so that pauses, rollbacks, audit events and alerts happen), paused ones whose
+rate over the threshold, so that pauses, rollbacks, audit events and alerts happen; every day split per
+mailbox provider in `by_provider`, and one clean IP in 25 bouncing at 8 % at Microsoft alone, so that
+provider pauses happen too), paused ones whose
 pause ends at D's tick, scheduled ones starting on D, and completed ones. The same mix at a small and a
 large size: the query count must not grow with the number of plans.
 
@@ -35,6 +37,7 @@ def build(count: int, seed: int = 7):
     """`count` plans in the mix described above; the date D to tick."""
     from domains.models import IP, Domain, Tenant
     from warmup.models import DailyStat, WarmupPlan
+    from warmup.providers import default_shares, split_quota
 
     harness.reset_state()
     rng = random.Random(seed)
@@ -60,8 +63,9 @@ def build(count: int, seed: int = 7):
         ],
         batch_size=5_000,
     )
+    shares = default_shares()
     plans, stats = [], []
-    for ip, kind in zip(ips, kinds, strict=True):
+    for index, (ip, kind) in enumerate(zip(ips, kinds, strict=True)):
         phase_index = rng.randrange(6)
         day_count = rng.randrange(7)
         started = day - timedelta(days=phase_index * 7 + day_count + 1)
@@ -93,6 +97,12 @@ def build(count: int, seed: int = 7):
                 sent = int(quota * rng.uniform(0.6, 1.0))
                 bounced = int(sent * (0.08 if bad else 0.01))
                 complaints = int(sent * 0.002) if rng.random() < 0.02 else 0
+                # Derived without drawing from rng, so the mix above stays what it was.
+                by_provider = {}
+                for provider, part in split_quota(sent, shares).items():
+                    rate = 0.08 if provider == "microsoft" and not bad and index % 25 == 0 else 0.01
+                    lost = int(part * (0.08 if bad else rate))
+                    by_provider[provider] = {"sent": part, "delivered": part - lost, "bounced": lost}
                 stats.append(
                     DailyStat(
                         ip=ip,
@@ -104,6 +114,7 @@ def build(count: int, seed: int = 7):
                         complaints=complaints,
                         opens=sent // 5,
                         clicks=sent // 30,
+                        by_provider=by_provider,
                     )
                 )
     WarmupPlan.objects.bulk_create(plans, batch_size=5_000)

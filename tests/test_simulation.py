@@ -9,6 +9,7 @@ from PIL import Image
 
 from domains.models import Tenant
 from warmup.models import DailyStat, WarmupPlan
+from warmup.simulation import draw_chart
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "warmup" / "scenarios"
 
@@ -108,3 +109,141 @@ def test_the_simulator_needs_no_test_clock(capsys, tmp_path, monkeypatch):
     days = timeline(result, "45.123.10.1")
     assert [day["status"] for day in days[9:13]] == ["warming", "paused", "paused", "warming"]
     assert "time-machine" not in (SCENARIOS.parent.parent / "requirements.txt").read_text()
+
+
+# --- Mailbox providers -----------------------------------------------------------------------------
+
+
+def near(image, colour: tuple[int, int, int], tolerance: int = 40) -> int:
+    """How many pixels of the image are within `tolerance` of the colour on each channel."""
+    return sum(
+        count
+        for count, pixel in image.convert("RGB").getcolors(maxcolors=2_000_000)
+        if all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=True))
+    )
+
+
+def provider_line(result: dict, address: str, provider: str) -> list[dict]:
+    return [entry["providers"][provider] for entry in timeline(result, address)]
+
+
+@pytest.mark.django_db
+def test_microsoft_bouncing_pauses_microsoft_alone_and_gmail_keeps_warming(capsys, tmp_path):
+    chart = tmp_path / "providers.png"
+    result = run(capsys, SCENARIOS / "microsoft_bounces.json", "--chart", str(chart))
+    days = timeline(result, "45.123.10.1")
+    microsoft = provider_line(result, "45.123.10.1", "microsoft")
+    gmail = provider_line(result, "45.123.10.1", "gmail")
+
+    # Days 12-13 bounce 8% at Microsoft (4 of its 50): the tick of day 14 pauses it for 48 hours.
+    assert [day["bounced"] for day in microsoft[11:13]] == [4, 4]
+    assert [(day["daily_quota"], day["sent"], day["suspended"]) for day in microsoft[12:16]] == [
+        (50, 50, False),
+        (0, 0, True),
+        (0, 0, True),
+        (125, 125, False),
+    ]
+    assert [(day["daily_quota"], day["sent"]) for day in gmail[13:15]] == [(80, 80), (200, 200)]
+    provider_events = [e for e in result["events"] if e["kind"] == "provider_paused"]
+    assert [(e["day"], e["provider"], e["from_status"], e["to_status"]) for e in provider_events] == [
+        (14, "microsoft", "warming", "warming")
+    ]
+    assert "bounce rate 8.00% > 5.00% over 100 sent" in provider_events[0]["reason"]
+    # The IP itself is never paused and keeps the clean timeline.
+    assert all(day["status"] == "warming" for day in days)
+    assert [day["daily_quota"] for day in days[:28]] == [50] * 7 + [200] * 7 + [500] * 7 + [1500] * 7
+    assert "paused" not in [e["kind"] for e in result["events"]]
+    assert days[13]["sent"] == 150  # the plan's 200 less Microsoft's 50
+
+    # The chart carries the provider lines: drawn without them, it differs.
+    bare = tmp_path / "bare.png"
+    stripped = {
+        "days": [
+            {**day, "ips": [{k: v for k, v in e.items() if k != "providers"} for e in day["ips"]]}
+            for day in result["days"]
+        ],
+        "events": [{k: v for k, v in e.items() if k != "provider"} for e in result["events"]],
+    }
+    draw_chart(stripped, str(bare))
+    with Image.open(chart) as drawn, Image.open(bare) as without:
+        assert drawn.format == without.format == "PNG"
+        assert drawn.size == without.size == (1200, 600)
+        assert drawn.convert("RGB").tobytes() != without.convert("RGB").tobytes()
+        # Gmail's line (#e6194b), anti-aliased: pixels near its colour appear only with the providers.
+        assert near(drawn, (0xE6, 0x19, 0x4B)) > 100
+        assert near(without, (0xE6, 0x19, 0x4B)) == 0
+
+
+@pytest.mark.django_db
+def test_without_provider_rates_the_totals_keep_the_contract_and_split_across_providers(capsys):
+    result = run(capsys, SCENARIOS / "bounce_spike.json")
+    for number, entry in enumerate(timeline(result, "45.123.10.1"), start=1):
+        providers = entry["providers"]
+        bounce_rate = 8.0 if number == 10 else 1.0
+        assert entry["sent"] == entry["daily_quota"]  # utilization 1.0, no provider suspended
+        assert entry["bounced"] == round(entry["sent"] * bounce_rate / 100)
+        for name in ("sent", "bounced", "complaints"):
+            assert sum(p[name] for p in providers.values()) == entry[name]
+        assert sum(p["daily_quota"] for p in providers.values()) == entry["daily_quota"]
+        assert all(p["bounced"] <= p["sent"] for p in providers.values())
+    # The default shares (WARMUP_PROVIDER_SHARES 40/25/15/5/15) of week 2's 200.
+    day_8 = timeline(result, "45.123.10.1")[7]["providers"]
+    assert {p: v["daily_quota"] for p, v in day_8.items()} == {
+        "gmail": 80,
+        "microsoft": 50,
+        "yahoo": 30,
+        "apple": 10,
+        "other": 30,
+    }
+    assert not [e for e in result["events"] if "provider" in e]
+
+
+@pytest.mark.django_db
+def test_standing_provider_rates_count_each_provider_with_its_own_rates(capsys, tmp_path):
+    path = tmp_path / "yahoo.json"
+    path.write_text(
+        json.dumps(
+            {
+                "start": "2027-01-04",
+                "days": 6,
+                "ips": [{"address": "45.123.10.9", "domain": "mail9.example.com"}],
+                "traffic": {
+                    "bounce_rate": 1.0,
+                    "providers": {"gmail": 60, "yahoo": 40},
+                    "provider_rates": {"yahoo": {"bounce_rate": 10.0, "utilization": 0.5}},
+                },
+            }
+        )
+    )
+    result = run(capsys, path)
+    day_1 = timeline(result, "45.123.10.9")[0]
+    # 50 a day: gmail 30 at 1% (round(0.3) = 0), yahoo 20 at half utilization (10) and 10% (1).
+    assert {
+        p: (v["daily_quota"], v["sent"], v["bounced"]) for p, v in day_1["providers"].items() if v["daily_quota"]
+    } == {
+        "gmail": (30, 30, 0),
+        "yahoo": (20, 10, 1),
+    }
+    assert (day_1["sent"], day_1["bounced"]) == (40, 1)
+
+
+def test_an_invalid_provider_in_a_scenario_names_the_field(tmp_path):
+    path = tmp_path / "bad.json"
+    base = {"start": "2027-01-04", "ips": [{"address": "1.2.3.4", "domain": "m.example.com"}]}
+    cases = [
+        ({"traffic": {"providers": {"hotmail": 10}}}, r"traffic\.providers: unknown provider 'hotmail'"),
+        ({"traffic": {"providers": {"gmail": 0}}}, r"traffic\.providers: at least one provider"),
+        ({"traffic": {"providers": {"gmail": 120}}}, r"traffic\.providers\.gmail: must be a number from 0 to 100"),
+        (
+            {"traffic": {"provider_rates": {"microsoft": {"bounce_rate": -1}}}},
+            r"traffic\.provider_rates\.microsoft\.bounce_rate: must be a number >= 0",
+        ),
+        (
+            {"events": [{"day": 3, "ip": "1.2.3.4", "provider": "aol", "bounce_rate": 8.0}]},
+            r"events\[0\]\.provider: unknown provider 'aol'",
+        ),
+    ]
+    for extra, message in cases:
+        path.write_text(json.dumps({**base, **extra}))
+        with pytest.raises(CommandError, match=message):
+            call_command("simulate_warmup", "--scenario", str(path))

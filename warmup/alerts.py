@@ -26,7 +26,7 @@ from django.utils import timezone
 from domains.models import IP, Tenant
 
 from . import telegram
-from .models import Alert, AuditEvent, DailyStat, WarmupPlan
+from .models import Alert, AuditEvent, DailyStat, Provider, WarmupPlan
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ ICONS = {
     Alert.Kind.UNATTRIBUTED_SPIKE: "❓",
     Alert.Kind.QUOTA_OVERRUN: "🚦",
     Alert.Kind.MANUAL: "✋",
+    Alert.Kind.PROVIDER_PAUSED: "⏸",
 }
 
 
@@ -250,6 +251,21 @@ def pause_message(
         parts.append(f"rolled back {from_phase} -> {to_phase}")
     parts.append(f"resumes {_local(until, ip.tenant.time_zone)}" if until else "waits for a person to resume it")
     return "; ".join(parts)
+
+
+def provider_pause_message(ip: IP, *, provider: str, figures: str, until: datetime) -> str:
+    """One provider paused for the IP by its own rates; the IP keeps warming for the others."""
+    name = Provider(provider).label if provider in Provider.values else provider
+    return (
+        f"{headline(Alert.Kind.PROVIDER_PAUSED, name + ' paused for', ip)}: {figures}; "
+        f"{name} gets no mail from this IP until {_local(until, ip.tenant.time_zone)}, the other providers keep warming"
+    )
+
+
+def provider_pauses_figures(*, count: int, days: int, pauses: Iterable[tuple[str, date]]) -> str:
+    """'3 provider pauses in 14 days (microsoft 2027-01-10, gmail 2027-01-12, microsoft 2027-01-15)'."""
+    listed = ", ".join(f"{provider} {day.isoformat()}" for provider, day in pauses)
+    return f"{count} provider pauses in {days} days ({listed})"
 
 
 def needs_attention_message(ip: IP, *, figures: str, auto_pauses: int) -> str:

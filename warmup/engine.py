@@ -11,6 +11,13 @@ alerts, which are rare, cost a statement each).
 
 Every state change writes an `AuditEvent` with the figures behind it; IP status and weight mirror the
 plan (pending while scheduled, warming and paused with weight 0, active with weight 100 once completed).
+
+Mailbox providers (README "Providers"): a warming plan whose overall rates pass is judged per provider
+from the days' `by_provider` figures by the same rules; a provider that trips is suspended for the IP
+(a `ProviderSuspension`, its share of the quota 0 for WARMUP_PROVIDER_PAUSE_HOURS) while the plan keeps
+warming for the others, and the pause that makes WARMUP_PROVIDER_PAUSES_BEFORE_IP_PAUSE within
+WARMUP_PROVIDER_ESCALATION_DAYS pauses the IP itself. The plans' suspensions are loaded in one query and
+the new ones created in one statement, so the tick's query count still does not grow with the plans.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -30,7 +37,8 @@ from domains.models import IP, Domain, Tenant
 
 from . import alerts
 from .consolidation import consolidate
-from .models import Alert, AuditEvent, WarmupPlan, day_range, rate
+from .models import Alert, AuditEvent, ProviderSuspension, WarmupPlan, day_range, rate
+from .providers import PROVIDERS
 
 ACTIONS = ("pause", "resume", "rollback", "advance", "complete", "cancel")
 
@@ -91,6 +99,9 @@ class Rules:
     max_auto_resumes: int
     idle_rewarm_days: int
     tick_hour: int
+    provider_pause_hours: int
+    provider_pauses_before_ip_pause: int
+    provider_escalation_days: int
 
     @classmethod
     def current(cls) -> Rules:
@@ -106,6 +117,9 @@ class Rules:
             max_auto_resumes=int(settings.WARMUP_MAX_AUTO_RESUMES),
             idle_rewarm_days=max(1, int(settings.WARMUP_IDLE_REWARM_DAYS)),
             tick_hour=int(settings.WARMUP_TICK_HOUR),
+            provider_pause_hours=int(settings.WARMUP_PROVIDER_PAUSE_HOURS),
+            provider_pauses_before_ip_pause=max(1, int(settings.WARMUP_PROVIDER_PAUSES_BEFORE_IP_PAUSE)),
+            provider_escalation_days=max(1, int(settings.WARMUP_PROVIDER_ESCALATION_DAYS)),
         )
 
 
@@ -149,6 +163,7 @@ class _Changes:
         self.activated_domains: set[int] = set()
         self.events: list[AuditEvent] = []
         self.alerts: list[dict] = []
+        self.suspensions: list[ProviderSuspension] = []
         # Plan field values as loaded, so that only the columns that changed are written.
         self.originals: dict[int, dict] = {}
 
@@ -213,7 +228,7 @@ class _Changes:
         )
 
     def flush(self, now: datetime) -> None:
-        """Write everything back: plans, IPs, domains in bulk, then events, then alerts."""
+        """Write everything back: plans, IPs, domains in bulk, then suspensions, events and alerts."""
         for plan in self.plans.values():
             plan.updated_at = now
         _bulk_save(Plan, list(self.plans.values()), PLAN_FIELDS, self.originals)
@@ -235,6 +250,8 @@ class _Changes:
                     domain.status = Domain.Status.ACTIVE
                     self.domains[domain.pk] = domain
         _bulk_save(Domain, list(self.domains.values()), ("status",))
+        if self.suspensions:
+            ProviderSuspension.objects.bulk_create(self.suspensions)
         if self.events:
             AuditEvent.objects.bulk_create(self.events)
         alerts.raise_alerts(self.alerts)
@@ -409,11 +426,16 @@ class _Stats:
 
     def __init__(self) -> None:
         self.rows: dict[tuple[int, date], tuple[int, int, int, int]] = {}
+        # The same figures per mailbox provider, for the days that have them.
+        self.provider_rows: dict[tuple[int, date], dict[str, tuple[int, int, int, int]]] = {}
         self.sent_days: dict[int, list[date]] = defaultdict(list)  # sorted dates with mail, per IP
         self.last_sent_before: dict[int, date] = {}  # last day with mail before the loaded range
 
-    def get(self, ip_id: int, day: date) -> tuple[int, int, int, int]:
-        return self.rows.get((ip_id, day), (0, 0, 0, 0))
+    def get(self, ip_id: int, day: date, provider: str | None = None) -> tuple[int, int, int, int]:
+        """(sent, delivered, bounced, complaints) of the IP's day, overall or for one provider."""
+        if provider is None:
+            return self.rows.get((ip_id, day), (0, 0, 0, 0))
+        return self.provider_rows.get((ip_id, day), {}).get(provider, (0, 0, 0, 0))
 
     def last_sent(self, ip_id: int, before: date) -> date | None:
         days = self.sent_days.get(ip_id, [])
@@ -421,6 +443,49 @@ class _Stats:
         if index:
             return days[index - 1]
         return self.last_sent_before.get(ip_id)
+
+
+_JUDGED = ("sent", "delivered", "bounced", "complaints")
+
+
+def _provider_figures(by_provider: dict | None) -> dict[str, tuple[int, int, int, int]]:
+    """A DailyStat's by_provider JSON as (sent, delivered, bounced, complaints) per provider."""
+    figures = {}
+    for provider, counts in (by_provider or {}).items():
+        if isinstance(counts, dict):
+            figures[provider] = tuple(int(counts.get(name) or 0) for name in _JUDGED)
+    return figures
+
+
+class _Suspensions:
+    """The provider suspensions of the processed plans' IPs, loaded in one query.
+
+    Those the tick decides are added as it goes, so that a catch-up over several days sees on a later
+    day the suspensions it decided on an earlier one; `changes.flush` creates them in one statement.
+    """
+
+    def __init__(self) -> None:
+        self.by_ip: dict[int, list[ProviderSuspension]] = defaultdict(list)
+
+    def add(self, suspension: ProviderSuspension) -> None:
+        self.by_ip[suspension.ip_id].append(suspension)
+
+    def in_force(self, ip_id: int, provider: str, when: datetime) -> bool:
+        return any(s.provider == provider and s.starts_at <= when < s.ends_at for s in self.by_ip.get(ip_id, ()))
+
+    def last_end(self, ip_id: int, provider: str, when: datetime) -> datetime | None:
+        """The end of the provider's latest suspension over by `when`."""
+        ends = [s.ends_at for s in self.by_ip.get(ip_id, ()) if s.provider == provider and s.ends_at <= when]
+        return max(ends, default=None)
+
+    def threshold_started(self, ip_id: int, since: datetime, when: datetime) -> list[ProviderSuspension]:
+        """The IP's threshold suspensions that started from `since` to `when`, oldest first."""
+        found = [
+            s
+            for s in self.by_ip.get(ip_id, ())
+            if s.reason == ProviderSuspension.Reason.THRESHOLD and since <= s.starts_at <= when
+        ]
+        return sorted(found, key=lambda s: (s.starts_at, s.provider))
 
 
 def _plan_key(plan: Plan) -> Q:
@@ -452,10 +517,12 @@ def _load_stats(work: list[tuple[Plan, date, date]], rules: Rules) -> _Stats:
     for lo, hi, plan in ranges.values():
         condition |= _plan_key(plan) & Q(date__gte=lo, date__lte=hi)
     rows = DailyStat.objects.filter(condition).values_list(
-        "ip_id", "date", "sent", "delivered", "bounced", "complaints"
+        "ip_id", "date", "sent", "delivered", "bounced", "complaints", "by_provider"
     )
-    for ip_id, day, sent, delivered, bounced, complaints in rows:
+    for ip_id, day, sent, delivered, bounced, complaints, by_provider in rows:
         stats.rows[(ip_id, day)] = (sent, delivered, bounced, complaints)
+        if by_provider:
+            stats.provider_rows[(ip_id, day)] = _provider_figures(by_provider)
         if sent:
             stats.sent_days[ip_id].append(day)
     for days in stats.sent_days.values():
@@ -474,15 +541,42 @@ def _load_stats(work: list[tuple[Plan, date, date]], rules: Rules) -> _Stats:
     return stats
 
 
-def _rate_window(plan: Plan, day: date, stats: _Stats, rules: Rules) -> dict | None:
-    """Pool the finished days newest first until the sample is reached; None if it never is."""
+def _load_suspensions(work: list[tuple[Plan, date, date]], rules: Rules) -> _Suspensions:
+    """The suspensions a tick may consult for these plans' IPs, in one query.
+
+    Those that ended before the oldest day a window or the escalation count can reach are left out
+    (a suspension starts before it ends, so this keeps every one started within the escalation days).
+    """
+    suspensions = _Suspensions()
+    if not work:
+        return suspensions
+    reach = max(rules.window_days, rules.provider_escalation_days) + 2  # + 2: any tenant's zone
+    oldest = min(first for _, first, _ in work) - timedelta(days=reach)
+    groups = Q()
+    for key in {plan.last_ticked_date: plan for plan, _, _ in work}.values():
+        groups |= _plan_key(key)
+    since = datetime.combine(oldest, time(0), tzinfo=UTC)
+    for suspension in ProviderSuspension.objects.filter(groups, ends_at__gte=since):
+        suspensions.add(suspension)
+    return suspensions
+
+
+def _rate_window(
+    plan: Plan, day: date, stats: _Stats, rules: Rules, *, provider: str | None = None, since: date | None = None
+) -> dict | None:
+    """Pool the finished days newest first until the sample is reached; None if it never is.
+
+    With a `provider`, that provider's figures of the days, never before `since` (the day its last
+    suspension ended); the same rules and thresholds apply.
+    """
     oldest = day - timedelta(days=rules.window_days)
-    if plan.window_start_date and plan.window_start_date > oldest:
-        oldest = plan.window_start_date
+    for floor in (plan.window_start_date, since):
+        if floor and floor > oldest:
+            oldest = floor
     sent = delivered = bounced = complaints = 0
     current = day - timedelta(days=1)
     while current >= oldest:
-        s, d, b, c = stats.get(plan.ip_id, current)
+        s, d, b, c = stats.get(plan.ip_id, current, provider)
         sent, delivered, bounced, complaints = sent + s, delivered + d, bounced + b, complaints + c
         if sent >= rules.min_sample:
             break
@@ -496,7 +590,9 @@ def _rate_window(plan: Plan, day: date, stats: _Stats, rules: Rules) -> dict | N
         trips.append("bounce_rate")
     if complaints >= rules.min_complaints and complaint_rate > rules.max_spam_rate:
         trips.append("complaint_rate")
+    figures = {"provider": provider} if provider else {}
     return {
+        **figures,
         "window_from": current.isoformat(),
         "window_to": (day - timedelta(days=1)).isoformat(),
         "window_days": (day - current).days,
@@ -514,16 +610,10 @@ def _rate_window(plan: Plan, day: date, stats: _Stats, rules: Rules) -> dict | N
     }
 
 
-def _auto_pause(plan: Plan, day: date, when: datetime, figures: dict, rules: Rules, changes: _Changes) -> None:
-    """Rule 3: pause (and roll back one phase); the pause after the allowed resumes has no end."""
-    from_phase, from_status = plan.phase, plan.status
-    needs_attention = plan.auto_pause_count >= rules.max_auto_resumes
-    plan.status = Plan.Status.PAUSED
-    # Wall-clock arithmetic in the tenant's zone: 01:00 + 48 h is 01:00 two days later, even across DST.
-    plan.paused_until = None if needs_attention else when + timedelta(hours=rules.pause_hours)
-    plan.auto_pause_count += 1
-    rolled_back = rules.rollback_on_pause and plan.phase_index > 0
-    _phase_move(plan, plan.phase_index - 1 if rolled_back else plan.phase_index)
+def _rate_reasons(figures: dict, rules: Rules) -> list[str]:
+    """The alert wording of the rates a window tripped."""
+    if not {"bounce_rate", "complaint_rate"} & set(figures["tripped"]):
+        return []
     first, last = date.fromisoformat(figures["window_from"]), date.fromisoformat(figures["window_to"])
     reasons = []
     if "bounce_rate" in figures["tripped"]:
@@ -545,6 +635,30 @@ def _auto_pause(plan: Plan, day: date, when: datetime, figures: dict, rules: Rul
                 delivered=figures["delivered"],
                 first=first,
                 last=last,
+            )
+        )
+    return reasons
+
+
+def _auto_pause(plan: Plan, day: date, when: datetime, figures: dict, rules: Rules, changes: _Changes) -> None:
+    """Rule 3: pause (and roll back one phase); the pause after the allowed resumes has no end.
+
+    Also the escalation of repeated provider pauses (figures tripped "provider_pauses")."""
+    from_phase, from_status = plan.phase, plan.status
+    needs_attention = plan.auto_pause_count >= rules.max_auto_resumes
+    plan.status = Plan.Status.PAUSED
+    # Wall-clock arithmetic in the tenant's zone: 01:00 + 48 h is 01:00 two days later, even across DST.
+    plan.paused_until = None if needs_attention else when + timedelta(hours=rules.pause_hours)
+    plan.auto_pause_count += 1
+    rolled_back = rules.rollback_on_pause and plan.phase_index > 0
+    _phase_move(plan, plan.phase_index - 1 if rolled_back else plan.phase_index)
+    reasons = _rate_reasons(figures, rules)
+    if "provider_pauses" in figures["tripped"]:
+        reasons.append(
+            alerts.provider_pauses_figures(
+                count=figures["provider_pauses"],
+                days=figures["escalation_days"],
+                pauses=[(p["provider"], date.fromisoformat(p["date"])) for p in figures["provider_suspensions"]],
             )
         )
     plan.pause_reason = " and ".join(reasons)
@@ -580,6 +694,97 @@ def _auto_pause(plan: Plan, day: date, when: datetime, figures: dict, rules: Rul
         changes.alert(Alert.Kind.PAUSED, plan, message, when=when, figures=figures)
 
 
+def _judge_providers(
+    plan: Plan, day: date, when: datetime, stats: _Stats, rules: Rules, changes: _Changes, suspensions: _Suspensions
+) -> dict | None:
+    """Rule 3 per mailbox provider: pause each provider that trips; the figures of an IP pause when the
+    provider pauses reach WARMUP_PROVIDER_PAUSES_BEFORE_IP_PAUSE, else None.
+
+    A provider suspended at the tick's time is not judged, nor are its days before its last suspension
+    ended: they are the figures it was already paused for.
+    """
+    zone = plan.ip.tenant.zone
+    paused = []
+    for provider in PROVIDERS:
+        if suspensions.in_force(plan.ip_id, provider, when):
+            continue
+        ended = suspensions.last_end(plan.ip_id, provider, when)
+        since = ended.astimezone(zone).date() if ended else None
+        figures = _rate_window(plan, day, stats, rules, provider=provider, since=since)
+        if figures and figures["tripped"]:
+            _pause_provider(plan, day, when, figures, rules, changes, suspensions)
+            paused.append(provider)
+    if not paused:
+        return None
+    # Counted since the plan started or last resumed, so that pauses an escalation already acted upon
+    # do not pause the IP again at the next provider pause after it resumes.
+    since = when - timedelta(days=rules.provider_escalation_days)
+    if plan.window_start_date:
+        since = max(since, tick_time(plan.ip.tenant, plan.window_start_date, rules.tick_hour))
+    recent = suspensions.threshold_started(plan.ip_id, since, when)
+    if len(recent) < rules.provider_pauses_before_ip_pause:
+        return None
+    return {
+        "tripped": ["provider_pauses"],
+        "providers": paused,
+        "provider_pauses": len(recent),
+        "provider_pauses_before_ip_pause": rules.provider_pauses_before_ip_pause,
+        "escalation_days": rules.provider_escalation_days,
+        "provider_suspensions": [
+            {
+                "provider": s.provider,
+                "date": s.starts_at.astimezone(zone).date().isoformat(),
+                "starts_at": s.starts_at.isoformat(),
+                "ends_at": s.ends_at.isoformat(),
+            }
+            for s in recent
+        ],
+    }
+
+
+def _pause_provider(
+    plan: Plan,
+    day: date,
+    when: datetime,
+    figures: dict,
+    rules: Rules,
+    changes: _Changes,
+    suspensions: _Suspensions,
+) -> None:
+    """Suspend one provider for the IP (its share 0 until the end); the plan's status and phase stay."""
+    provider = figures["provider"]
+    ends_at = when + timedelta(hours=rules.provider_pause_hours)
+    figures = {**figures, "pause_hours": rules.provider_pause_hours, "suspended_until": ends_at.isoformat()}
+    suspension = ProviderSuspension(
+        ip=plan.ip,
+        provider=provider,
+        reason=ProviderSuspension.Reason.THRESHOLD,
+        starts_at=when,
+        ends_at=ends_at,
+        figures=figures,
+    )
+    suspensions.add(suspension)
+    changes.suspensions.append(suspension)
+    text = " and ".join(_rate_reasons(figures, rules))
+    changes.event(
+        plan,
+        Kind.PROVIDER_PAUSED,
+        day=day,
+        when=when,
+        from_phase=plan.phase,
+        from_status=plan.status,
+        figures=figures,
+        reason=f"{provider}: {text}",
+    )
+    changes.alert(
+        Alert.Kind.PROVIDER_PAUSED,
+        plan,
+        alerts.provider_pause_message(plan.ip, provider=provider, figures=text, until=ends_at),
+        when=when,
+        figures=figures,
+    )
+
+
 def _rewarm(plan: Plan, day: date, when: datetime, last_sent: date | None, rules: Rules, changes: _Changes) -> None:
     """Rule 5: an active IP idle too long goes back to warming at week 3."""
     from_phase, from_status = plan.phase, plan.status
@@ -607,7 +812,9 @@ def _rewarm(plan: Plan, day: date, when: datetime, last_sent: date | None, rules
     )
 
 
-def _process_day(plan: Plan, day: date, stats: _Stats, rules: Rules, changes: _Changes) -> None:
+def _process_day(
+    plan: Plan, day: date, stats: _Stats, rules: Rules, changes: _Changes, suspensions: _Suspensions
+) -> None:
     """Process date `day` for one plan (judging the finished day before it)."""
     when = tick_time(plan.ip.tenant, day, rules.tick_hour)
     if plan.status == Plan.Status.SCHEDULED:
@@ -624,6 +831,10 @@ def _process_day(plan: Plan, day: date, stats: _Stats, rules: Rules, changes: _C
         figures = _rate_window(plan, day, stats, rules)
         if figures and figures["tripped"]:
             _auto_pause(plan, day, when, figures, rules, changes)
+            return
+        escalation = _judge_providers(plan, day, when, stats, rules, changes, suspensions)
+        if escalation:
+            _auto_pause(plan, day, when, escalation, rules, changes)
             return
         yesterday = day - timedelta(days=1)
         sent = stats.get(plan.ip_id, yesterday)[0]
@@ -701,11 +912,12 @@ def tick(as_of: date | None = None, *, tenants=None, now: datetime | None = None
             if first <= last:
                 work.append((plan, first, last))
         stats = _load_stats(work, rules)
+        suspensions = _load_suspensions(work, rules)
         dates: set[date] = set()
         for plan, first, last in work:
             if plan.ip.status != IP.Status.RETIRED:
                 for day in day_range(first, last):
-                    _process_day(plan, day, stats, rules, changes)
+                    _process_day(plan, day, stats, rules, changes, suspensions)
                 dates.update(day_range(first, last))
             plan.last_ticked_date = last
             changes.plan(plan)

@@ -12,6 +12,14 @@ Scenario (PRODUCT.md section 7):
                  "open_rate": 20.0, "click_rate": 3.0},
      "events": [{"day": 10, "ip": "45.123.10.1", "bounce_rate": 8.0}],
      "settings": {"WARMUP_PAUSE_HOURS": 48}}
+
+Mailbox providers (README "Simulation"): "traffic" may add "providers" (each IP's split, as weights;
+default: the tenant's shares from warmup.providers) and "provider_rates" ({"microsoft": {"bounce_rate":
+8.0}}); an event may name a "provider" to scope its overrides to it. Each day an IP sends its provider
+quotas (a suspended provider's is 0) x utilization. Without a provider-specific rate that day, the IP's
+totals follow the contract's formulas on the sum of its provider quotas (the plan's quota when no
+provider is suspended) and are split across the providers for recording; with one, each provider's
+counts follow the formulas with its own rates and the totals are their sums.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import zoneinfo
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +47,8 @@ class ScenarioError(ValueError):
 
 def load_scenario(data: Any) -> dict:
     """Validate a scenario and fill in defaults. Raises ScenarioError naming the field."""
+    from .providers import PROVIDERS
+
     if not isinstance(data, dict):
         raise ScenarioError("the scenario must be a JSON object")
     try:
@@ -63,8 +74,22 @@ def load_scenario(data: Any) -> dict:
         start_day = ip.setdefault("start_day", 1)
         if not isinstance(start_day, int) or isinstance(start_day, bool) or start_day < 1:
             raise ScenarioError(f"ips[{index}].start_day: must be a whole number >= 1")
+    given = data.get("traffic", {})
+    if not isinstance(given, dict):
+        raise ScenarioError("traffic: must be an object")
+    given = dict(given)
+    providers = given.pop("providers", None)
+    provider_rates = given.pop("provider_rates", {})
     traffic = dict(DEFAULT_TRAFFIC)
-    traffic.update(_traffic(data.get("traffic", {}), "traffic"))
+    traffic.update(_traffic(given, "traffic"))
+    if providers is not None:
+        traffic["providers"] = _provider_split(providers, PROVIDERS)
+    if not isinstance(provider_rates, dict):
+        raise ScenarioError("traffic.provider_rates: must be an object of {provider: {rate: value}}")
+    for provider, rates in provider_rates.items():
+        _provider_name(provider, "traffic.provider_rates", PROVIDERS)
+        _traffic(rates, f"traffic.provider_rates.{provider}")
+    traffic["provider_rates"] = provider_rates
     events = data.get("events", [])
     if not isinstance(events, list):
         raise ScenarioError("events: must be a list")
@@ -75,7 +100,9 @@ def load_scenario(data: Any) -> dict:
             raise ScenarioError(f"{where}: needs a whole-number day")
         if event.get("ip") not in addresses:
             raise ScenarioError(f"{where}.ip: {event.get('ip')!r} is not one of the scenario's ips")
-        _traffic({k: v for k, v in event.items() if k not in ("day", "ip")}, where)
+        if "provider" in event:
+            _provider_name(event["provider"], f"{where}.provider", PROVIDERS)
+        _traffic({k: v for k, v in event.items() if k not in ("day", "ip", "provider")}, where)
     overrides = data.get("settings", {})
     if not isinstance(overrides, dict) or not all(str(k).startswith("WARMUP_") for k in overrides):
         raise ScenarioError("settings: an object of WARMUP_* settings")
@@ -98,6 +125,24 @@ def _traffic(values: Any, where: str) -> dict:
             raise ScenarioError(f"{where}.{key}: unknown (use {', '.join(TRAFFIC_KEYS)})")
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ScenarioError(f"{where}.{key}: must be a number >= 0")
+    return values
+
+
+def _provider_name(name: Any, where: str, providers: tuple[str, ...]) -> None:
+    if name not in providers:
+        raise ScenarioError(f"{where}: unknown provider {name!r} (use {', '.join(providers)})")
+
+
+def _provider_split(values: Any, providers: tuple[str, ...]) -> dict:
+    where = "traffic.providers"
+    if not isinstance(values, dict):
+        raise ScenarioError(f"{where}: must be an object of {{provider: share}}")
+    for provider, share in values.items():
+        _provider_name(provider, where, providers)
+        if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 100:
+            raise ScenarioError(f"{where}.{provider}: must be a number from 0 to 100")
+    if not any(values.values()):
+        raise ScenarioError(f"{where}: at least one provider needs a share above 0")
     return values
 
 
@@ -145,7 +190,8 @@ def _run_in_child(scenario: dict) -> dict:
 
     from domains.models import Tenant
     from warmup import engine, onboarding, stats
-    from warmup.models import AuditEvent, WarmupPlan
+    from warmup.models import AuditEvent, ProviderShare, WarmupPlan
+    from warmup.providers import PROVIDERS, percentages, provider_quotas, tenant_shares
 
     zone = zoneinfo.ZoneInfo(scenario["timezone"])
     first = dt.date.fromisoformat(scenario["start"])
@@ -157,6 +203,13 @@ def _run_in_child(scenario: dict) -> dict:
     # The simulated clock is passed to what reads the time (onboarding, the tick and its consolidation):
     # nothing here reads or patches the real clock.
     tenant = Tenant.objects.create(name="Simulation", slug="simulation", time_zone=scenario["timezone"])
+    # The split is written as the tenant's table, so that it stays the same all along (the default
+    # would otherwise follow the simulated mail of the last 7 days).
+    weights = scenario["traffic"].get("providers") or tenant_shares([tenant])[tenant.pk]
+    ProviderShare.objects.bulk_create(
+        ProviderShare(tenant=tenant, provider=provider, share=Decimal(str(share)))
+        for provider, share in percentages(weights).items()
+    )
     for ip in sorted(scenario["ips"], key=lambda ip: ip["start_day"]):
         onboarding.add_domain_with_ip(
             tenant=tenant,
@@ -166,44 +219,71 @@ def _run_in_child(scenario: dict) -> dict:
             force=True,
             now=at(first, 0),
         )
-    overrides: dict[tuple[int, str], dict] = {}
+    overrides: dict[tuple[int, str, str | None], dict] = {}
     for event in scenario["events"]:
-        key = (event["day"], event["ip"])
-        overrides.setdefault(key, {}).update({k: v for k, v in event.items() if k not in ("day", "ip")})
+        key = (event["day"], event["ip"], event.get("provider"))
+        overrides.setdefault(key, {}).update({k: v for k, v in event.items() if k not in ("day", "ip", "provider")})
+    base = {key: scenario["traffic"][key] for key in TRAFFIC_KEYS}
+    standing = scenario["traffic"].get("provider_rates", {})
 
     days_out = []
     for number in range(1, scenario["days"] + 1):
         today = first + dt.timedelta(days=number - 1)
-        engine.tick(as_of=today, now=at(today, tick_hour))
+        now = at(today, tick_hour)
+        engine.tick(as_of=today, now=now)
         ips_out = []
-        plans = WarmupPlan.objects.select_related("ip").order_by("ip__address")
+        plans = list(WarmupPlan.objects.select_related("ip__tenant").order_by("ip__address"))
+        quotas = provider_quotas([plan.ip for plan in plans], {plan.ip_id: plan.daily_quota for plan in plans}, now)
         for plan in plans:
-            traffic = {**scenario["traffic"], **overrides.get((number, plan.ip.address), {})}
-            quota = plan.daily_quota
-            sent = math.floor(traffic["utilization"] * quota)
-            bounced = round(sent * traffic["bounce_rate"] / 100)
-            delivered = sent - bounced
-            counts = {
-                "sent": sent,
-                "delivered": delivered,
-                "bounced": bounced,
-                "complaints": round(delivered * traffic["complaint_rate"] / 100),
-                "opens": round(delivered * traffic["open_rate"] / 100),
-                "clicks": round(delivered * traffic["click_rate"] / 100),
+            address = plan.ip.address
+            traffic = {**base, **overrides.get((number, address, None), {})}
+            rates = {
+                provider: {
+                    **base,
+                    **standing.get(provider, {}),
+                    **overrides.get((number, address, None), {}),
+                    **overrides.get((number, address, provider), {}),
+                }
+                for provider in PROVIDERS
             }
-            if sent:
-                stats.record_stats(plan.ip, counts, day=today)
+            own_rates = bool(standing) or any((number, address, provider) in overrides for provider in PROVIDERS)
+            ip_quotas = quotas[plan.ip_id]
+            if own_rates:
+                by_provider = {
+                    provider: _counts(
+                        math.floor(rates[provider]["utilization"] * ip_quotas[provider].daily_quota), rates[provider]
+                    )
+                    for provider in PROVIDERS
+                }
+                counts = {name: sum(c[name] for c in by_provider.values()) for name in COUNTED}
+            else:
+                available = sum(q.daily_quota for q in ip_quotas.values())
+                counts = _counts(math.floor(traffic["utilization"] * available), traffic)
+                by_provider = _split_counts(counts, {provider: q.daily_quota for provider, q in ip_quotas.items()})
+            for provider, provider_counts in by_provider.items():
+                if provider_counts["sent"]:
+                    stats.record_stats(plan.ip, provider_counts, day=today, provider=provider)
             ips_out.append(
                 {
-                    "ip": plan.ip.address,
+                    "ip": address,
                     "phase": plan.phase,
                     "status": plan.ip.status,
                     "plan_status": plan.status,
-                    "daily_quota": quota,
-                    "sent": sent,
-                    "delivered": delivered,
-                    "bounced": bounced,
+                    "daily_quota": plan.daily_quota,
+                    "sent": counts["sent"],
+                    "delivered": counts["delivered"],
+                    "bounced": counts["bounced"],
                     "complaints": counts["complaints"],
+                    "providers": {
+                        provider: {
+                            "daily_quota": ip_quotas[provider].daily_quota,
+                            "sent": by_provider[provider]["sent"],
+                            "bounced": by_provider[provider]["bounced"],
+                            "complaints": by_provider[provider]["complaints"],
+                            "suspended": ip_quotas[provider].suspended_until is not None,
+                        }
+                        for provider in PROVIDERS
+                    },
                 }
             )
         days_out.append(
@@ -217,24 +297,75 @@ def _run_in_child(scenario: dict) -> dict:
 
     events_out = []
     for event in AuditEvent.objects.select_related("plan__ip").order_by("created_at", "id"):
-        events_out.append(
-            {
-                "day": (event.date - first).days + 1,
-                "date": event.date.isoformat(),
-                "ip": event.plan.ip.address,
-                "kind": event.kind,
-                "from_phase": event.from_phase,
-                "to_phase": event.to_phase,
-                "from_status": event.from_status,
-                "to_status": event.to_status,
-                "reason": event.reason,
-            }
-        )
+        entry = {
+            "day": (event.date - first).days + 1,
+            "date": event.date.isoformat(),
+            "ip": event.plan.ip.address,
+            "kind": event.kind,
+            "from_phase": event.from_phase,
+            "to_phase": event.to_phase,
+            "from_status": event.from_status,
+            "to_status": event.to_status,
+            "reason": event.reason,
+        }
+        if "provider" in event.figures:
+            entry["provider"] = event.figures["provider"]
+        events_out.append(entry)
     return {"days": days_out, "events": events_out}
 
 
+# The counts a simulated day records, in the contract's order of computation.
+COUNTED = ("sent", "delivered", "bounced", "complaints", "opens", "clicks")
+
+
+def _counts(sent: int, traffic: dict) -> dict[str, int]:
+    """PRODUCT.md section 7: delivered = sent - bounced, bounced = round(sent x bounce_rate / 100), ..."""
+    bounced = round(sent * traffic["bounce_rate"] / 100)
+    delivered = sent - bounced
+    return {
+        "sent": sent,
+        "delivered": delivered,
+        "bounced": bounced,
+        "complaints": round(delivered * traffic["complaint_rate"] / 100),
+        "opens": round(delivered * traffic["open_rate"] / 100),
+        "clicks": round(delivered * traffic["click_rate"] / 100),
+    }
+
+
+def _split_counts(counts: dict[str, int], quotas: dict[str, int]) -> dict[str, dict[str, int]]:
+    """An IP's day split across providers: sent by their quotas, bounced by their sent, the rest by
+    their delivered (largest remainders, so each part stays within what it is taken from)."""
+    from .providers import split_quota
+
+    sent = split_quota(counts["sent"], quotas)
+    bounced = split_quota(counts["bounced"], sent)
+    delivered = {provider: sent[provider] - bounced[provider] for provider in sent}
+    parts = {name: split_quota(counts[name], delivered) for name in ("complaints", "opens", "clicks")}
+    return {
+        provider: {
+            "sent": sent[provider],
+            "delivered": delivered[provider],
+            "bounced": bounced[provider],
+            **{name: parts[name][provider] for name in parts},
+        }
+        for provider in sent
+    }
+
+
+# Mailbox providers' lines on the chart: one colour each, outside matplotlib's default cycle that the
+# IPs use, so that a provider's line is never mistaken for an IP's.
+PROVIDER_COLOURS = {
+    "gmail": "#e6194b",
+    "microsoft": "#008080",
+    "yahoo": "#6001d2",
+    "apple": "#3c3c3c",
+    "other": "#ffb000",
+}
+
+
 def draw_chart(result: dict, path: str) -> None:
-    """A PNG of daily quota and sent per IP, with pause markers."""
+    """A PNG of daily quota and sent per IP, with pause markers, and each provider's sent (all IPs
+    together) with its provider pause markers."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -257,21 +388,46 @@ def draw_chart(result: dict, path: str) -> None:
             alpha=0.6,
             label=f"{address} sent",
         )
-        pauses = [event["day"] for event in result["events"] if event["ip"] == address and "pause" in event["kind"]]
+        # A provider's pause is not the IP's: it is marked on the provider's line below.
+        pauses = [
+            event["day"]
+            for event in result["events"]
+            if event["ip"] == address and "pause" in event["kind"] and "provider" not in event
+        ]
         for number, day in enumerate(pauses):
             ax.axvline(
                 day, color=colour, linestyle="--", linewidth=1, label=f"{address} pause" if number == 0 else None
             )
+    _draw_providers(ax, result)
     ax.set_yscale("symlog", linthresh=100)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("day")
     ax.set_ylabel("messages per day")
-    ax.set_title("Warmup simulation: daily quota and sent per IP (dashed: pauses)")
+    ax.set_title("Warmup simulation: daily quota and sent per IP (dashed: pauses), sent per provider (dotted: pauses)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def _draw_providers(ax, result: dict) -> None:
+    """Each provider's sent per day over the IPs, thin, and a dotted line where it was paused for an IP."""
+    providers = [
+        p for p in PROVIDER_COLOURS if any(p in e.get("providers", {}) for d in result["days"] for e in d["ips"])
+    ]
+    xs = [day["day"] for day in result["days"]]
+    for provider in providers:
+        colour = PROVIDER_COLOURS[provider]
+        sent = [
+            sum(e.get("providers", {}).get(provider, {}).get("sent", 0) for e in day["ips"]) for day in result["days"]
+        ]
+        ax.plot(xs, sent, color=colour, linewidth=1.5, label=f"{provider} sent")
+        pauses = sorted({event["day"] for event in result["events"] if event.get("provider") == provider})
+        for number, day in enumerate(pauses):
+            ax.axvline(
+                day, color=colour, linestyle=":", linewidth=1.2, label=f"{provider} paused" if number == 0 else None
+            )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,17 @@ def clean_counts(counts: Mapping[str, object]) -> dict[str, int]:
     return cleaned
 
 
-def record_stats(ip: IP, counts: Mapping[str, int], day: date | None = None, *, dedup_key: str | None = None) -> date:
+def record_stats(
+    ip: IP,
+    counts: Mapping[str, int],
+    day: date | None = None,
+    *,
+    dedup_key: str | None = None,
+    provider: str = "other",
+) -> date:
     """Add counts to one of the IP's days (default: today in its tenant's zone); returns the day.
+
+    The counts are the `provider`'s (a mailbox provider, "other" by default, as for hand-recorded counts).
 
     With a `dedup_key` the counts are added once, however often the call is repeated with that key (a
     retried task). Raises ValueError naming the field for bad counts and CounterStoreUnavailable when the
@@ -42,7 +51,7 @@ def record_stats(ip: IP, counts: Mapping[str, int], day: date | None = None, *, 
     cleaned = clean_counts(counts)
     day = day or ip.tenant.today()
     if cleaned:
-        get_store().apply([Increment(ip_id=ip.pk, day=day, counts=cleaned, dedup_key=dedup_key)])
+        get_store().apply([Increment(ip_id=ip.pk, day=day, counts=cleaned, provider=provider, dedup_key=dedup_key)])
     return day
 
 
