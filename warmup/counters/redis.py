@@ -25,7 +25,10 @@ from warmup_portal.redis import get_redis
 
 from ..models import ConsolidationBatch
 from .interface import (
+    BUCKET_SECONDS,
     PROVIDERS,
+    WINDOW_RATE_LIMITED,
+    WINDOW_REPUTATION,
     Batch,
     CounterStore,
     CounterStoreUnavailable,
@@ -33,17 +36,25 @@ from .interface import (
     Increment,
     References,
     Window,
+    WindowFigures,
     WindowFull,
     _fields_of,
     group_increments,
     stored_ref,
     totals,
+    window_figures,
 )
 
 logger = logging.getLogger(__name__)
 
 INDEX_KEY = "wp:index:ipdays"  # IP-days holding counts (members are their hash keys)
 IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and not yet forgotten
+# IP-days' window hashes that hold throttling deferrals (a sorted set scored by their latest bucket): the
+# throttling check reads these hashes only, not one per IP.
+WINDOW_INDEX_KEY = "wp:index:windows"
+# A window hash (``wp:{ip:<id>:<day>}:w``) expires this long after its last write: the check reads the
+# last hour, so a day or two of an IP's buckets is all Redis holds.
+WINDOW_TTL_SECONDS = 24 * 3600
 
 _APPLY_LUA = (Path(__file__).parent / "apply.lua").read_text()
 _CLAIM_LUA = (Path(__file__).parent / "claim.lua").read_text()
@@ -83,6 +94,12 @@ def _members(keys: list[str]) -> tuple[int | list[int], bytes]:
     if lengths and lengths[0] and lengths.count(lengths[0]) == len(lengths):
         return lengths[0], b"".join(members)
     return lengths, b"".join(members)
+
+
+def _throttling_bucket(counts: tuple[tuple[str, int], ...]) -> int:
+    """The latest bucket of a group's throttling window counters ("@r<bucket>", "@p<bucket>"); 0 if none."""
+    buckets = [int(name[2:]) for name, _ in counts if name[:2] in (WINDOW_RATE_LIMITED, WINDOW_REPUTATION)]
+    return max(buckets, default=0)
 
 
 def _ip_day_of(item: tuple[GroupKey, Sequence[str | None]]) -> tuple[int, date]:
@@ -173,11 +190,15 @@ class RedisCounterStore(CounterStore):
             by_slot[self.client.keyslot(day_tag(ip_id, day))].append(item)
         duplicates: set[tuple] = set()
         touched: set[str] = set()
+        windows: dict[str, int] = {}
         for items in by_slot.values():
             keys, args, context = self._encode_apply(items, False)
             duplicates |= self._decode_apply(context, self._apply_script(keys=keys, args=args), touched=touched)
+            windows.update({keys[3 * position - 1]: bucket for position, bucket in context[4].items()})
         if touched:
             self.client.sadd(INDEX_KEY, *touched)
+        if windows:
+            self.client.zadd(WINDOW_INDEX_KEY, windows, gt=True)
         return duplicates
 
     def _encode_apply(
@@ -193,22 +214,27 @@ class RedisCounterStore(CounterStore):
         day_keys: list[list[str]] = []  # per IP-day, the de-duplication keys of its groups in order
         day_sums: list[dict[str, int]] = []  # per IP-day, what its groups add if none is a duplicate
         keyed_positions: dict[int, list[int]] = {}  # groups with unkeyed events: where their keys are
-        kinds: dict[tuple, tuple] = {}  # (provider, counts) -> (its number in `adds`, (field, amount) pairs)
+        # (provider, counts) -> (its number in `adds`, (field, amount) pairs, its latest throttling bucket or 0)
+        kinds: dict[tuple, tuple] = {}
+        throttled: dict[int, int] = {}  # IP-day number -> its latest throttling bucket
         for number, (key, dedup_keys) in enumerate(items):
             ip_id, day, provider, counts = key
             kind = kinds.get((provider, counts))
             if kind is None:
                 fields = _fields_of(provider, counts)
                 adds.append(fields)
-                kind = kinds[(provider, counts)] = (len(adds), tuple(zip(fields[::2], fields[1::2], strict=True)))
-            adding, pairs = kind
+                kind = kinds[(provider, counts)] = (len(adds), tuple(zip(fields[::2], fields[1::2], strict=True)),
+                                                    _throttling_bucket(counts))  # fmt: skip
+            adding, pairs, throttling_bucket = kind
             position = hashes.get((ip_id, day))
             if position is None:
                 tag = day_tag(ip_id, day)
-                keys += (tag + ":c", tag + ":d")
+                keys += (tag + ":c", tag + ":d", tag + ":w")
                 day_keys.append([])
                 day_sums.append({})
                 position = hashes[(ip_id, day)] = len(day_keys)
+            if throttling_bucket > throttled.get(position, 0):
+                throttled[position] = throttling_bucket
             sums, events = day_sums[position - 1], len(dedup_keys)
             for field, amount in pairs:
                 sums[field] = sums.get(field, 0) + amount * events
@@ -226,8 +252,8 @@ class RedisCounterStore(CounterStore):
             packed.append(members)
         index = 0
         if with_index:
-            keys.append(INDEX_KEY)
-            index = len(keys)
+            keys += (INDEX_KEY, WINDOW_INDEX_KEY)
+            index = len(keys) - 1
         flat_sums = [[item for pair in sums.items() for item in pair] for sums in day_sums]
         window_spec = "[0]"
         if window is not None:
@@ -236,15 +262,15 @@ class RedisCounterStore(CounterStore):
         refs_spec, refs_packed = self._refs_args(keys, refs)
         args = [
             self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(widths), _dumps(flat_sums), window_spec,
-            refs_spec, refs_packed, *packed,
+            refs_spec, refs_packed, _dumps([WINDOW_TTL_SECONDS, *chain.from_iterable(throttled.items())]), *packed,
         ]  # fmt: skip
-        return keys, args, (items, keys, keyed_positions, hashes)
+        return keys, args, (items, keys, keyed_positions, hashes, throttled)
 
     @staticmethod
     def _decode_apply(context: tuple, replies: list, touched: set[str] | None) -> set[tuple]:
         """The duplicates a call of the script answered, as (group key, position in the group); without
         the index (`touched` given), the hashes it counted into are added to `touched`."""
-        items, keys, keyed_positions, hashes = context
+        items, keys, keyed_positions, hashes, _ = context
         duplicates: set[tuple] = set()
         found_in: dict[int, int] = {}  # group number -> its duplicates
         for number, *found in replies:
@@ -255,7 +281,7 @@ class RedisCounterStore(CounterStore):
         if touched is not None:
             for number, (key, dedup_keys) in enumerate(items):
                 if len(dedup_keys) > found_in.get(number, 0):
-                    touched.add(keys[2 * hashes[key[:2]] - 2])
+                    touched.add(keys[3 * hashes[key[:2]] - 3])
         return duplicates
 
     @_redis_reachable
@@ -281,6 +307,29 @@ class RedisCounterStore(CounterStore):
     @_redis_reachable
     def ping(self) -> None:
         self.client.ping()
+
+    @_redis_reachable
+    def window(self, first: int, last: int) -> dict[tuple[int, str], WindowFigures]:
+        # Window hashes of IP-days with a throttling deferral in the window, from the index (pruned of
+        # what is older than the hashes' life), and those of the neighbouring days of the same IPs: a
+        # tenant's midnight may fall inside the hour.
+        oldest = first - WINDOW_TTL_SECONDS // BUCKET_SECONDS
+        self.client.zremrangebyscore(WINDOW_INDEX_KEY, "-inf", f"({oldest}")
+        ip_days = {
+            parse_day_key(member.decode())[:2] for member in self.client.zrangebyscore(WINDOW_INDEX_KEY, first, "+inf")
+        }
+        wanted = sorted({(ip_id, day + timedelta(days=shift)) for ip_id, day in ip_days for shift in (-1, 0, 1)})
+        if not wanted:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for ip_id, day in wanted:
+            pipe.hgetall(day_tag(ip_id, day) + ":w")
+        fields = (
+            (ip_id, field.decode(), int(value))
+            for (ip_id, _), raw in zip(wanted, pipe.execute(), strict=True)
+            for field, value in raw.items()
+        )
+        return window_figures(fields, first, last)
 
     # --- Message references: fields of daily hashes `wp:refs:{t<tenant>}:<YYYY-MM-DD>` (ref -> IP id) ---
     # A reference written on day D is found until the end of day D + WEBHOOK_MESSAGE_REF_TTL_DAYS (so for
@@ -328,7 +377,10 @@ class RedisCounterStore(CounterStore):
         if refs:
             keys: list[str] = []
             spec, packed = self._refs_args(keys, References(tenant_id, refs))
-            self._apply_script(keys=keys, args=[self._ttl, 0, "[]", "[]", "[]", "[]", "[0]", spec, packed])
+            self._apply_script(
+                keys=keys,
+                args=[self._ttl, 0, "[]", "[]", "[]", "[]", "[0]", spec, packed, _dumps([WINDOW_TTL_SECONDS])],
+            )
 
     # --- Fixed windows (the webhooks' rate limit): a counter key per window, expiring after it ------
 
