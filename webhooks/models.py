@@ -64,7 +64,7 @@ def validate_pattern(value: str) -> None:
     try:
         re.compile(value, re.IGNORECASE)
     except re.error as exc:
-        raise ValidationError(f"Not a valid regular expression: {exc}.", code="invalid_regex") from None
+        raise ValidationError(f"Pattern: not a valid regular expression ({exc}).", code="invalid_regex") from None
 
 
 class DeferralRule(models.Model):
