@@ -326,6 +326,12 @@ def test_parsers_carry_the_reply_of_deferrals_only():
     assert deferred.type is EventType.DEFERRED and deferred.smtp_reply.startswith("smtp;421-4.7.28")
     assert deferred.smtp_reply.endswith("4.7.28 (rate limited)")
     assert delivered.smtp_reply == ""
+    # The reply is not part of the de-duplication key: records posted before keep their keys.
+    without = (
+        b"type,timeLogged,rcpt,dlvSourceIp,dsnStatus\n"
+        + f"t,1798016412,a@gmail.com,{ADDRESS},4.7.28 (rate limited)\n".encode()
+    )
+    assert powermta.parse_body(without, "text/csv").events[0].key == deferred.key
 
     kumo = kumomta.normalise_record(
         {

@@ -129,7 +129,7 @@ def smtp_reply(response: dict, status: str) -> str:
         status,
         content.strip() if isinstance(content, str) else "",
     ]
-    return " ".join(part for part in parts if part)
+    return " ".join(part for part in parts if part)[:1000]  # the rules read the code and its first words
 
 
 def strip_port(address: str) -> str:

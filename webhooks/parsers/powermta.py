@@ -169,7 +169,7 @@ def _event(values: tuple[str, ...], raw: Any, record: int = 0) -> NormalisedEven
     if event_type is _DEFERRED:
         # The reply the deferral classification reads: the remote diagnostic ("smtp;421 4.7.28 ...") and
         # the status. Not part of the key: keys of records posted before stay the same.
-        event.smtp_reply = f"{dsn_diag.strip()} {dsn_status.strip()}".strip()
+        event.smtp_reply = f"{dsn_diag.strip()} {dsn_status.strip()}".strip()[:1000]
     return event
 
 
