@@ -17,7 +17,7 @@ import redis
 
 from domains.models import WebhookToken
 from tests.support import run_script, start_script, subprocess_env
-from warmup.counters import day_tag, get_store
+from warmup.counters import day_tag, get_store, parse_day_key
 from warmup.counters.redis import WINDOW_INDEX_KEY
 from warmup.models import DailyStat, ProviderSuspension
 from warmup.throttling import check_provider_throttling
@@ -192,11 +192,10 @@ def test_throttling_window_counters_share_the_ip_days_slot_and_suspend_on_a_clus
     body = "type,timeLogged,rcpt,dlvSourceIp,dsnStatus,dsnDiag\n" + "".join(row + "\n" for row in rows)
     assert poster.post(POWERMTA, body, "text/csv").json()["accepted"] == 180
 
-    days = {(ip.pk, datetime.fromtimestamp(int(now.timestamp()) - n, UTC).date()) for n in range(180) for ip in ips}
-    for key in days:
-        tag = day_tag(*key)
-        if on_cluster.exists(tag + ":w"):
-            assert on_cluster.keyslot(tag + ":w") == on_cluster.keyslot(tag + ":c")
+    windows = [key for key in on_cluster.scan_iter(match="wp:{ip:*}:w*", target_nodes=redis.RedisCluster.PRIMARIES)]
+    assert {parse_day_key(key.decode())[0] for key in windows} == {ip.pk for ip in ips}
+    for key in windows:  # on their IP-day's slot
+        assert on_cluster.keyslot(key) == on_cluster.keyslot(key.decode().partition("}")[0] + "}:c")
     assert on_cluster.zcard(WINDOW_INDEX_KEY) >= 6
 
     report = check_provider_throttling(now)

@@ -301,8 +301,12 @@ def test_suspensions_of_any_reason_are_lifted(db, plan, fake_telegram, django_as
 def test_window_counters_expire_on_redis_and_never_reach_the_daily_stats(backend, plan, poster, redis_client):
     thirty_in_an_hour(poster)
     if backend == "redis":
-        window_key = f"wp:{{ip:{plan.ip.pk}:2027-03-10}}:w"
-        assert 0 < redis_client.ttl(window_key) <= 24 * 3600
+        # One small hash per IP-day and hour of buckets, expiring by itself within three hours.
+        windows = sorted(redis_client.scan_iter(match=f"wp:{{ip:{plan.ip.pk}:2027-03-10}}:w*"))
+        hour = int(NOW.timestamp()) // 3600
+        assert windows == [f"wp:{{ip:{plan.ip.pk}:2027-03-10}}:w{h}".encode() for h in (hour - 1, hour)]
+        assert all(0 < redis_client.ttl(key) <= 3 * 3600 for key in windows)
+        assert sum(int(v) for key in windows for v in redis_client.hvals(key)) == 60  # 30 attempts, 30 rate limited
         assert not [f for f in redis_client.hkeys(f"wp:{{ip:{plan.ip.pk}:2027-03-10}}:c") if f.startswith(b"@")]
 
     with time_machine.travel(NOW + timedelta(days=1), tick=False):

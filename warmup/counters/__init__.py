@@ -15,9 +15,9 @@ outside this package asks which one it has:
   references and the request's rate-limit window in the same round trip; on a cluster one call per
   slot. An index set lists the IP-days that hold counts, so consolidation never has to SCAN. The
   throttling window counters of an IP-day (per provider and 5-minute bucket: attempts and throttling
-  deferrals, `interface.BUCKET_SECONDS`) go to its window hash ``...}:w`` in the same call, which expires
-  a day after its last write and is listed, when it holds a throttling deferral, in a sorted set
-  scored by its latest bucket (``wp:index:windows``).
+  deferrals, `interface.BUCKET_SECONDS`) go in the same call to its window hashes, one per hour of
+  buckets (``...}:w<hour>``, same slot), which expire three hours after their last write and are listed,
+  when they hold a throttling deferral, in a sorted set scored by their latest bucket (``wp:index:windows``).
 - `DatabaseCounterStore` (the embedded default, `database.py`): `CounterCell` rows (ip, date,
   ``counter:provider``, the window counters included), `CounterDedupKey` and `MessageRef` rows, written
   in one transaction per batch with upserts, so that several processes sum exactly; rate-limit windows

@@ -27,6 +27,7 @@ from ..models import ConsolidationBatch
 from .interface import (
     BUCKET_SECONDS,
     PROVIDERS,
+    WINDOW_PREFIX,
     WINDOW_RATE_LIMITED,
     WINDOW_REPUTATION,
     Batch,
@@ -49,12 +50,16 @@ logger = logging.getLogger(__name__)
 
 INDEX_KEY = "wp:index:ipdays"  # IP-days holding counts (members are their hash keys)
 IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and not yet forgotten
-# IP-days' window hashes that hold throttling deferrals (a sorted set scored by their latest bucket): the
-# throttling check reads these hashes only, not one per IP.
+# Window hashes that hold throttling deferrals (a sorted set scored by their latest bucket): the
+# throttling check reads those IPs' hashes only, not one per IP.
 WINDOW_INDEX_KEY = "wp:index:windows"
-# A window hash (``wp:{ip:<id>:<day>}:w``) expires this long after its last write: the check reads the
-# last hour, so a day or two of an IP's buckets is all Redis holds.
-WINDOW_TTL_SECONDS = 24 * 3600
+# An IP-day's window counters go to one hash per hour of buckets (``wp:{ip:<id>:<day>}:w<hour>``, hour =
+# bucket // BUCKETS_PER_WINDOW_HASH), which expires WINDOW_TTL_SECONDS after its last write. The check
+# reads the last hour: an IP holds its last two or three hours, a small hash each (Redis keeps a hash of
+# up to 128 fields compact), rather than a day of buckets in a large one (about 100 KB for an IP that
+# sends to every provider all day).
+BUCKETS_PER_WINDOW_HASH = 3600 // BUCKET_SECONDS
+WINDOW_TTL_SECONDS = 3 * 3600
 
 _APPLY_LUA = (Path(__file__).parent / "apply.lua").read_text()
 _CLAIM_LUA = (Path(__file__).parent / "claim.lua").read_text()
@@ -96,10 +101,14 @@ def _members(keys: list[str]) -> tuple[int | list[int], bytes]:
     return lengths, b"".join(members)
 
 
-def _throttling_bucket(counts: tuple[tuple[str, int], ...]) -> int:
-    """The latest bucket of a group's throttling window counters ("@r<bucket>", "@p<bucket>"); 0 if none."""
-    buckets = [int(name[2:]) for name, _ in counts if name[:2] in (WINDOW_RATE_LIMITED, WINDOW_REPUTATION)]
-    return max(buckets, default=0)
+def _window_of(counts: tuple[tuple[str, int], ...]) -> tuple[int, bool] | None:
+    """(the bucket, whether it holds a throttling deferral) of a group's window counters; None without any.
+    A group's window counters are of one bucket: the pipeline groups events by it."""
+    names = [name for name, _ in counts if name.startswith(WINDOW_PREFIX)]
+    if not names:
+        return None
+    throttling = any(name[:2] in (WINDOW_RATE_LIMITED, WINDOW_REPUTATION) for name in names)
+    return max(int(name[2:]) for name in names), throttling
 
 
 def _ip_day_of(item: tuple[GroupKey, Sequence[str | None]]) -> tuple[int, date]:
@@ -194,7 +203,7 @@ class RedisCounterStore(CounterStore):
         for items in by_slot.values():
             keys, args, context = self._encode_apply(items, False)
             duplicates |= self._decode_apply(context, self._apply_script(keys=keys, args=args), touched=touched)
-            windows.update({keys[3 * position - 1]: bucket for position, bucket in context[4].items()})
+            windows.update({keys[position - 1]: bucket for position, bucket in context[4].items()})
         if touched:
             self.client.sadd(INDEX_KEY, *touched)
         if windows:
@@ -214,9 +223,10 @@ class RedisCounterStore(CounterStore):
         day_keys: list[list[str]] = []  # per IP-day, the de-duplication keys of its groups in order
         day_sums: list[dict[str, int]] = []  # per IP-day, what its groups add if none is a duplicate
         keyed_positions: dict[int, list[int]] = {}  # groups with unkeyed events: where their keys are
-        # (provider, counts) -> (its number in `adds`, (field, amount) pairs, its latest throttling bucket or 0)
+        # (provider, counts) -> (its number in `adds`, (field, amount) pairs, `_window_of(counts)`)
         kinds: dict[tuple, tuple] = {}
-        throttled: dict[int, int] = {}  # IP-day number -> its latest throttling bucket
+        day_windows: list[dict[int, int]] = []  # per IP-day, its window hashes: hour -> latest throttling bucket
+        tags: list[str] = []
         for number, (key, dedup_keys) in enumerate(items):
             ip_id, day, provider, counts = key
             kind = kinds.get((provider, counts))
@@ -224,17 +234,22 @@ class RedisCounterStore(CounterStore):
                 fields = _fields_of(provider, counts)
                 adds.append(fields)
                 kind = kinds[(provider, counts)] = (len(adds), tuple(zip(fields[::2], fields[1::2], strict=True)),
-                                                    _throttling_bucket(counts))  # fmt: skip
-            adding, pairs, throttling_bucket = kind
+                                                    _window_of(counts))  # fmt: skip
+            adding, pairs, window_of = kind
             position = hashes.get((ip_id, day))
             if position is None:
                 tag = day_tag(ip_id, day)
-                keys += (tag + ":c", tag + ":d", tag + ":w")
+                keys += (tag + ":c", tag + ":d")
+                tags.append(tag)
                 day_keys.append([])
                 day_sums.append({})
+                day_windows.append({})
                 position = hashes[(ip_id, day)] = len(day_keys)
-            if throttling_bucket > throttled.get(position, 0):
-                throttled[position] = throttling_bucket
+            if window_of is not None:
+                bucket, throttling = window_of
+                hours = day_windows[position - 1]
+                hour = bucket // BUCKETS_PER_WINDOW_HASH
+                hours[hour] = max(hours.get(hour, 0), bucket if throttling else 0)
             sums, events = day_sums[position - 1], len(dedup_keys)
             for field, amount in pairs:
                 sums[field] = sums.get(field, 0) + amount * events
@@ -260,9 +275,23 @@ class RedisCounterStore(CounterStore):
             keys.append(window.name)
             window_spec = _dumps([len(keys), window.limit, 2 * window.seconds])  # kept past its end
         refs_spec, refs_packed = self._refs_args(keys, refs)
+        # The window hashes last, each named by its position: {hour: position in KEYS} per IP-day.
+        window_keys: list[dict[str, int]] = []
+        throttled: dict[int, int] = {}  # position in KEYS of a window hash -> its latest throttling bucket
+        for tag, hours in zip(tags, day_windows, strict=True):
+            positions = {}
+            for hour, bucket in hours.items():
+                keys.append(f"{tag}:w{hour}")
+                positions[str(hour)] = len(keys)
+                if bucket:
+                    throttled[len(keys)] = bucket
+            window_keys.append(positions)
+        windows_spec = _dumps(
+            [WINDOW_TTL_SECONDS, BUCKETS_PER_WINDOW_HASH, window_keys, list(chain.from_iterable(throttled.items()))]
+        )
         args = [
             self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(widths), _dumps(flat_sums), window_spec,
-            refs_spec, refs_packed, _dumps([WINDOW_TTL_SECONDS, *chain.from_iterable(throttled.items())]), *packed,
+            refs_spec, refs_packed, windows_spec, *packed,
         ]  # fmt: skip
         return keys, args, (items, keys, keyed_positions, hashes, throttled)
 
@@ -281,7 +310,7 @@ class RedisCounterStore(CounterStore):
         if touched is not None:
             for number, (key, dedup_keys) in enumerate(items):
                 if len(dedup_keys) > found_in.get(number, 0):
-                    touched.add(keys[3 * hashes[key[:2]] - 3])
+                    touched.add(keys[2 * hashes[key[:2]] - 2])
         return duplicates
 
     @_redis_reachable
@@ -310,20 +339,28 @@ class RedisCounterStore(CounterStore):
 
     @_redis_reachable
     def window(self, first: int, last: int) -> dict[tuple[int, str], WindowFigures]:
-        # Window hashes of IP-days with a throttling deferral in the window, from the index (pruned of
-        # what is older than the hashes' life), and those of the neighbouring days of the same IPs: a
-        # tenant's midnight may fall inside the hour.
+        # The IPs with a throttling deferral in the window, from the index (pruned of what has expired);
+        # then every window hash of theirs for the window's hours, on the IP-day of the index and the days
+        # either side: a tenant's midnight may fall inside the hour.
         oldest = first - WINDOW_TTL_SECONDS // BUCKET_SECONDS
         self.client.zremrangebyscore(WINDOW_INDEX_KEY, "-inf", f"({oldest}")
         ip_days = {
             parse_day_key(member.decode())[:2] for member in self.client.zrangebyscore(WINDOW_INDEX_KEY, first, "+inf")
         }
-        wanted = sorted({(ip_id, day + timedelta(days=shift)) for ip_id, day in ip_days for shift in (-1, 0, 1)})
+        hours = range(first // BUCKETS_PER_WINDOW_HASH, last // BUCKETS_PER_WINDOW_HASH + 1)
+        wanted = sorted(
+            {
+                (ip_id, f"{day_tag(ip_id, day + timedelta(days=shift))}:w{hour}")
+                for ip_id, day in ip_days
+                for shift in (-1, 0, 1)
+                for hour in hours
+            }
+        )
         if not wanted:
             return {}
         pipe = self.client.pipeline(transaction=False)
-        for ip_id, day in wanted:
-            pipe.hgetall(day_tag(ip_id, day) + ":w")
+        for _, key in wanted:
+            pipe.hgetall(key)
         fields = (
             (ip_id, field.decode(), int(value))
             for (ip_id, _), raw in zip(wanted, pipe.execute(), strict=True)
@@ -379,7 +416,7 @@ class RedisCounterStore(CounterStore):
             spec, packed = self._refs_args(keys, References(tenant_id, refs))
             self._apply_script(
                 keys=keys,
-                args=[self._ttl, 0, "[]", "[]", "[]", "[]", "[0]", spec, packed, _dumps([WINDOW_TTL_SECONDS])],
+                args=[self._ttl, 0, "[]", "[]", "[]", "[]", "[0]", spec, packed, "[0, 1, [], []]"],
             )
 
     # --- Fixed windows (the webhooks' rate limit): a counter key per window, expiring after it ------
