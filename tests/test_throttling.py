@@ -14,6 +14,7 @@ from django_celery_beat.models import PeriodicTask
 
 from domains.models import WebhookToken
 from warmup import consolidation, tasks, throttling
+from warmup.counters import get_store
 from warmup.models import Alert, AuditEvent, DailyStat, ProviderSuspension
 from warmup.providers import provider_quotas, split_quota, tenant_shares
 from webhooks import deferrals
@@ -315,6 +316,21 @@ def test_window_counters_expire_on_redis_and_never_reach_the_daily_stats(backend
     stat = DailyStat.objects.get(ip=plan.ip)
     assert stat.deferred == 30 and stat.sent == 0
     assert stat.by_provider == {"gmail": {"deferred": 30}}
+
+
+def test_a_retried_batch_adds_nothing_to_the_window(backend, plan, poster):
+    thirty_in_an_hour(poster)
+    with time_machine.travel(NOW, tick=False):
+        # The sender posts half of it again with 15 new deferrals: only the new ones count, window included.
+        records = [pmta_deferral(n, NOW - timedelta(minutes=2 * n)) for n in range(15)]
+        records += [pmta_deferral(100 + n, NOW - timedelta(minutes=n)) for n in range(15)]
+        answer = poster.post_json("/api/v1/webhooks/powermta/", records).json()
+    assert (answer["accepted"], answer["duplicates"]) == (15, 15)
+
+    first, last = throttling.window_buckets(NOW + timedelta(minutes=3))
+    figures = get_store().window(first, last)[(plan.ip.pk, "gmail")]
+    assert (figures.attempts, figures.rate_limited, figures.reputation) == (45, 45, 0)
+    assert get_store().read(plan.ip.pk, NOW.date())["deferred"] == 45
 
 
 # --- Parsers ------------------------------------------------------------------------------------------------
