@@ -14,7 +14,7 @@ from django_celery_beat.models import PeriodicTask
 
 from domains.models import WebhookToken
 from warmup import consolidation, tasks, throttling
-from warmup.counters import get_store
+from warmup.counters import CounterStoreUnavailable, get_store
 from warmup.models import Alert, AuditEvent, DailyStat, ProviderSuspension
 from warmup.providers import provider_quotas, split_quota, tenant_shares
 from webhooks import deferrals
@@ -294,6 +294,16 @@ def test_suspensions_of_any_reason_are_lifted(db, plan, fake_telegram, django_as
     assert ProviderSuspension.objects.filter(lifted_at__isnull=True).get().provider == "gmail"
     assert AuditEvent.objects.filter(kind=AuditEvent.Kind.PROVIDER_RESUMED).count() == 3
     assert Alert.objects.filter(kind=Alert.Kind.PROVIDER_RESUMED).count() == 3
+
+
+def test_lifting_does_not_wait_for_the_counter_store(db, plan, counter_store_down):
+    ProviderSuspension.objects.create(
+        ip=plan.ip, provider="gmail", reason="throttling", starts_at=NOW - timedelta(hours=4), ends_at=NOW
+    )
+    with time_machine.travel(NOW + timedelta(minutes=1), tick=False), pytest.raises(CounterStoreUnavailable):
+        throttling.check_provider_throttling()  # the task retries on this
+    assert ProviderSuspension.objects.get().lifted_at == NOW + timedelta(minutes=1)
+    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.PROVIDER_RESUMED).count() == 1
 
 
 # --- Counting -----------------------------------------------------------------------------------------------

@@ -2,13 +2,13 @@
 
 Owns `check_provider_throttling()`, run every 5 minutes by the `warmup.check_provider_throttling` task:
 
+- every provider suspension, whatever its reason, whose end has passed and has not been recorded is
+  lifted: `lifted_at`, an audit event and one alert;
 - an IP and provider whose throttling deferrals (replies the deferral rules classify as rate-limited or
   reputation, `webhooks.deferrals`) over the last WINDOW_MINUTES reach WARMUP_THROTTLE_DEFERRALS and
   WARMUP_THROTTLE_SHARE percent of that hour's attempts get a `ProviderSuspension` (reason THROTTLING) for
   WARMUP_THROTTLE_SUSPEND_HOURS, an audit event on the IP's plan and one alert; never a second one while
-  a suspension of the pair is in force;
-- every provider suspension, whatever its reason, whose end has passed and has not been recorded is
-  lifted: `lifted_at`, an audit event and one alert.
+  a suspension of the pair is in force.
 
 The hour is read from the counter store's window counters (5-minute buckets, counted with the events,
 `warmup.counters.interface`): the window is the buckets that overlap the last hour, so between 60 and
@@ -40,9 +40,15 @@ class ThrottlingReport:
 
 
 def check_provider_throttling(now: datetime | None = None) -> ThrottlingReport:
-    """Suspend the throttled IP-provider pairs of the last hour, then lift the suspensions whose time is up."""
+    """Lift the suspensions whose time is up, then suspend the throttled IP-provider pairs of the last hour.
+
+    Lifting first: it needs only the database, so it happens also while the counter store is down (the
+    suspending then raises CounterStoreUnavailable, and the task retries); and a pair still throttled when
+    its suspension ends reads "resumed", then "suspended" again.
+    """
     now = now or timezone.now()
-    return ThrottlingReport(suspended=suspend_throttled(now), lifted=lift_ended(now))
+    lifted = lift_ended(now)
+    return ThrottlingReport(suspended=suspend_throttled(now), lifted=lifted)
 
 
 def window_buckets(now: datetime) -> tuple[int, int]:
