@@ -328,6 +328,15 @@ def test_window_counters_expire_on_redis_and_never_reach_the_daily_stats(backend
     assert stat.by_provider == {"gmail": {"deferred": 30}}
 
 
+def test_deferrals_cost_the_webhook_no_query_once_the_caches_are_warm(
+    redis_client, plan, poster, django_assert_num_queries
+):
+    with time_machine.travel(NOW, tick=False):
+        post_powermta(poster, [pmta_deferral(n, NOW - timedelta(minutes=n)) for n in range(5)])  # warms them
+        with django_assert_num_queries(0):
+            post_powermta(poster, [pmta_deferral(100 + n, NOW - timedelta(minutes=n)) for n in range(30)])
+
+
 def test_a_retried_batch_adds_nothing_to_the_window(backend, plan, poster):
     thirty_in_an_hour(poster)
     with time_machine.travel(NOW, tick=False):
