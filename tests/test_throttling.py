@@ -14,7 +14,7 @@ from django_celery_beat.models import PeriodicTask
 
 from domains.models import WebhookToken
 from warmup import consolidation, tasks, throttling
-from warmup.counters import CounterStoreUnavailable, get_store
+from warmup.counters import THROTTLING_COUNTERS, CounterStoreUnavailable, get_store
 from warmup.models import Alert, AuditEvent, DailyStat, ProviderSuspension
 from warmup.providers import provider_quotas, split_quota, tenant_shares
 from webhooks import deferrals
@@ -393,6 +393,10 @@ def test_the_seeded_rules_classify_their_sample_replies(db, seed):
     deferrals.invalidate()
     assert deferrals.classify(seed["provider"], seed["sample"]) == seed["classification"]
     assert DeferralRule.objects.filter(pattern=seed["pattern"], note__contains="http").exists()
+
+
+def test_every_throttling_classification_has_its_window_counter():
+    assert set(THROTTLING_COUNTERS) == {value.value for value in DeferralRule.THROTTLING} == deferrals.THROTTLING
 
 
 def test_unknown_replies_and_other_providers_are_other(db):

@@ -134,15 +134,13 @@ def window_items(
     """`count_items` and the event's part of its throttling window bucket: an attempt when it counts sent or
     deferred, and a throttling deferral by classification ("rate_limited", "reputation"; "" for none)."""
     # Imported here: the parsers import this module, and the counter store needs the apps loaded.
-    from warmup.counters import WINDOW_ATTEMPTS, WINDOW_RATE_LIMITED, WINDOW_REPUTATION, window_counter
+    from warmup.counters import THROTTLING_COUNTERS, WINDOW_ATTEMPTS, window_counter
 
     items = dict(count_items(event_type, bounce_class, async_bounce))
     if "sent" in items or "deferred" in items:
         items[window_counter(WINDOW_ATTEMPTS, bucket)] = 1
-    if throttling == "rate_limited":
-        items[window_counter(WINDOW_RATE_LIMITED, bucket)] = 1
-    elif throttling == "reputation":
-        items[window_counter(WINDOW_REPUTATION, bucket)] = 1
+    if throttling in THROTTLING_COUNTERS:
+        items[window_counter(THROTTLING_COUNTERS[throttling], bucket)] = 1
     return tuple(sorted(items.items()))
 
 

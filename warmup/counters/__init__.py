@@ -41,6 +41,7 @@ from .interface import (
     BUCKET_SECONDS,
     COUNTERS,
     PROVIDERS,
+    THROTTLING_COUNTERS,
     WINDOW_ATTEMPTS,
     WINDOW_PREFIX,
     WINDOW_RATE_LIMITED,
@@ -80,6 +81,7 @@ def get_store() -> CounterStore:
 __all__ = [
     "BUCKET_SECONDS",
     "COUNTERS",
+    "THROTTLING_COUNTERS",
     "WINDOW_ATTEMPTS",
     "WINDOW_PREFIX",
     "WINDOW_RATE_LIMITED",

@@ -30,6 +30,8 @@ WINDOW_ATTEMPTS = "@a"
 WINDOW_RATE_LIMITED = "@r"
 WINDOW_REPUTATION = "@p"
 WINDOW_KINDS = {WINDOW_ATTEMPTS: "attempts", WINDOW_RATE_LIMITED: "rate_limited", WINDOW_REPUTATION: "reputation"}
+# A throttling classification (webhooks' `DeferralRule.Classification`) -> its window counter.
+THROTTLING_COUNTERS = {"rate_limited": WINDOW_RATE_LIMITED, "reputation": WINDOW_REPUTATION}
 _WINDOW_COUNTER = re.compile(r"@[arp][0-9]{1,12}")
 
 
