@@ -22,7 +22,7 @@ from webhooks.events import EventType
 from webhooks.models import DeferralRule
 from webhooks.parsers import kumomta, normalised, powermta
 
-from .factories import DomainFactory, IPFactory, TenantFactory, plan_in_state
+from .factories import DomainFactory, IPFactory, TenantFactory, make_member, plan_in_state
 from .webhooks_support import Poster
 
 NOW = datetime(2027, 3, 10, 10, 30, tzinfo=UTC)
@@ -433,6 +433,17 @@ def test_the_admin_lists_the_rules_for_editing_in_place(client, superuser, djang
         response = client.get(reverse("admin:webhooks_deferralrule_changelist"))
     assert response.status_code == 200
     assert response.content.count(b'name="form-') >= len(SEED)
+
+
+def test_the_rules_are_the_installations_a_tenant_member_cannot_reach_them(client, plan):
+    client.force_login(make_member("alice", plan.ip.tenant))
+    assert client.get(reverse("admin:webhooks_deferralrule_changelist")).status_code == 403
+    response = client.post(
+        reverse("admin:webhooks_deferralrule_add"),
+        {"order": 1, "provider": "", "pattern": ".", "classification": "rate_limited", "enabled": "on"},
+    )
+    assert response.status_code == 403
+    assert not DeferralRule.objects.filter(pattern=".").exists()
 
 
 # --- Schedule ----------------------------------------------------------------------------------------------

@@ -99,7 +99,8 @@ class DeadLetterAdmin(TenantScopedAdmin):
 
 @admin.register(DeferralRule)
 class DeferralRuleAdmin(admin.ModelAdmin):
-    """The whole table on one page, edited in place: a few dozen rules at most, shared by every tenant."""
+    """The whole table on one page, edited in place: a few dozen rules at most. The rules classify every
+    tenant's deferrals, so, like MTA sources, they are the installation's: superusers only."""
 
     list_display = ("order", "provider", "pattern", "classification", "enabled", "short_note")
     list_display_links = ("short_note",)
@@ -108,6 +109,21 @@ class DeferralRuleAdmin(admin.ModelAdmin):
     search_fields = ("pattern", "note")
     list_per_page = 200
     fields = ("order", "provider", "pattern", "classification", "enabled", "note")
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
 
     @admin.display(description="note")
     def short_note(self, rule) -> str:
