@@ -19,9 +19,10 @@ import redis
 from domains.models import WebhookToken
 from tests.support import run_script, start_script, subprocess_env
 from warmup.consolidation import consolidate
-from warmup.counters import INDEX_KEY, Increment, day_tag, get_store
-from warmup.counters.redis import IN_FLIGHT_KEY
-from warmup.models import DailyStat
+from warmup.counters import INDEX_KEY, Increment, day_tag, get_store, parse_day_key
+from warmup.counters.redis import IN_FLIGHT_KEY, WINDOW_INDEX_KEY
+from warmup.models import DailyStat, ProviderSuspension
+from warmup.throttling import check_provider_throttling
 
 from .factories import DomainFactory, IPFactory, TenantFactory
 from .webhooks_support import Poster
@@ -179,6 +180,29 @@ def test_webhooks_count_exactly_across_the_nodes_and_a_retry_counts_nothing_twic
     assert sum(store.read(ip.pk, complaint_day)["complaints"] for ip in ips) == 12
     first_day = datetime.fromtimestamp(start, UTC).date()
     assert store.read(ips[0].pk, first_day)["delivered"] == expected[(ips[0].pk, first_day)] + 10
+
+
+def test_throttling_window_counters_share_the_ip_days_slot_and_suspend_on_a_cluster(client, db, on_cluster):
+    tenant = TenantFactory(time_zone="UTC")
+    ips = [IPFactory(domain=DomainFactory(tenant=tenant), address=f"10.2.0.{n}") for n in range(1, 7)]
+    poster = Poster(client, WebhookToken.issue(tenant)[1])
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = [
+        f"t,{int(now.timestamp()) - n},u{n}@gmail.com,{ips[n % 6].address},4.7.28,smtp;421-4.7.28 rate limited"
+        for n in range(6 * 30)
+    ]
+    body = "type,timeLogged,rcpt,dlvSourceIp,dsnStatus,dsnDiag\n" + "".join(row + "\n" for row in rows)
+    assert poster.post(POWERMTA, body, "text/csv").json()["accepted"] == 180
+
+    windows = [key for key in on_cluster.scan_iter(match="wp:{ip:*}:w*", target_nodes=redis.RedisCluster.PRIMARIES)]
+    assert {parse_day_key(key.decode())[0] for key in windows} == {ip.pk for ip in ips}
+    for key in windows:  # on their IP-day's slot
+        assert on_cluster.keyslot(key) == on_cluster.keyslot(key.decode().partition("}")[0] + "}:c")
+    assert on_cluster.zcard(WINDOW_INDEX_KEY) >= 6
+
+    report = check_provider_throttling(now)
+    assert sorted(s.ip_id for s in report.suspended) == sorted(ip.pk for ip in ips)
+    assert set(ProviderSuspension.objects.values_list("provider", flat=True)) == {"gmail"}
 
 
 @pytest.mark.django_db(transaction=True)

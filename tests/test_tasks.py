@@ -13,7 +13,7 @@ from django_celery_beat.models import PeriodicTask
 from tests.factories import DailyStatFactory, IPFactory, TenantFactory, WarmupPlanFactory
 from warmup import tasks
 from warmup.counters import CounterStoreUnavailable, get_store
-from warmup.models import ConsolidationBatch, CounterDedupKey, DailyStat, MessageRef
+from warmup.models import ConsolidationBatch, CounterCell, CounterDedupKey, DailyStat, MessageRef
 from warmup.stats import daily_stats, record_stats
 from webhooks.models import DeadLetter
 from webhooks.tasks import prune_dead_letters_task
@@ -104,6 +104,7 @@ def test_tasks_have_names_and_retry_on_infrastructure_errors():
         (tasks.advance_warmup_task, "warmup.advance_warmup"),
         (tasks.record_warmup_stats_task, "warmup.record_warmup_stats"),
         (tasks.prune_warmup_data_task, "warmup.prune_warmup_data"),
+        (tasks.check_provider_throttling_task, "warmup.check_provider_throttling"),
     ]:
         assert task.name == name
         assert CounterStoreUnavailable in task.autoretry_for
@@ -137,12 +138,17 @@ def test_prune_deletes_only_expired_data(db, settings):
     ConsolidationBatch.objects.create(batch_id="old")
     ConsolidationBatch.objects.filter(batch_id="old").update(consolidated_at=NOW - timedelta(days=31))
     ConsolidationBatch.objects.create(batch_id="recent")
+    # Throttling window counters of the database store: kept two days, whatever consolidation did.
+    CounterCell.objects.create(ip=ip, date=NOW.date() - timedelta(days=3), field="@a6000000:gmail", value=4)
+    CounterCell.objects.create(ip=ip, date=NOW.date() - timedelta(days=1), field="@a6000001:gmail", value=2)
+    CounterCell.objects.create(ip=ip, date=NOW.date() - timedelta(days=3), field="sent:gmail", value=9)
 
     deleted = tasks.prune_warmup_data_task()
     assert DeadLetter.objects.count() == 2  # the ingestion app's own, pruned by its own task
     assert prune_dead_letters_task() == {"dead_letters": 1}
 
-    assert deleted == {"dedup_keys": 1, "consolidation_batches": 1, "message_refs": 1}
+    assert deleted == {"dedup_keys": 1, "consolidation_batches": 1, "message_refs": 1, "window_counters": 1}
+    assert sorted(CounterCell.objects.values_list("field", flat=True)) == ["@a6000001:gmail", "sent:gmail"]
     assert list(CounterDedupKey.objects.values_list("key", flat=True)) == ["live"]
     assert list(MessageRef.objects.values_list("ref", flat=True)) == ["<live@x>"]
     assert DeadLetter.objects.count() == 1

@@ -40,6 +40,8 @@ ICONS = {
     Alert.Kind.CONSOLIDATION_FAILED: "❌",
     Alert.Kind.UNATTRIBUTED_SPIKE: "❓",
     Alert.Kind.QUOTA_OVERRUN: "🚦",
+    Alert.Kind.PROVIDER_SUSPENDED: "🐢",
+    Alert.Kind.PROVIDER_RESUMED: "▶",
     Alert.Kind.MANUAL: "✋",
     Alert.Kind.PROVIDER_PAUSED: "⏸",
 }
@@ -292,6 +294,25 @@ def rewarm_message(ip: IP, *, idle_days: int, phase: str, quota: int) -> str:
     return (
         f"{headline(Alert.Kind.REWARMED, 'Re-warming', ip)}: no mail sent for {idle_days} days; "
         f"back to {phase}, quota {quota:,}/day"
+    )
+
+
+def provider_suspended_message(ip: IP, *, provider: str, figures: Mapping, until: datetime) -> str:
+    """The throttling check's suspension: the hour's figures, the thresholds and when the provider is back."""
+    return (
+        f"{headline(Alert.Kind.PROVIDER_SUSPENDED, f'Suspended {provider} for', ip)}: "
+        f"{figures['throttled']:,} throttling deferrals ({figures['classification']}) of {figures['attempts']:,} "
+        f"attempts ({figures['share']:.1f}%) in the last {figures['window_minutes']} min "
+        f"(thresholds {figures['threshold_deferrals']:,} and {figures['threshold_share']:.1f}%); "
+        f"{provider} gets 0 of the quota until {_local(until, ip.tenant.time_zone)}"
+    )
+
+
+def provider_resumed_message(ip: IP, *, provider: str, reason: str, since: datetime) -> str:
+    """A provider suspension (any reason) whose time is up."""
+    return (
+        f"{headline(Alert.Kind.PROVIDER_RESUMED, f'Resumed {provider} for', ip)}: the {reason} suspension "
+        f"since {_local(since, ip.tenant.time_zone)} has ended; {provider} gets its share of the quota again"
     )
 
 

@@ -14,7 +14,7 @@ from django.db import InterfaceError, OperationalError
 
 from domains.models import IP
 
-from . import alerts, consolidation, retention, telegram
+from . import alerts, consolidation, retention, telegram, throttling
 from .counters import CounterStoreUnavailable
 from .stats import record_stats
 
@@ -77,6 +77,17 @@ def record_warmup_stats_task(self, ip_id: int, stats: dict, date: str | None = N
 def prune_warmup_data_task() -> dict:
     """Delete expired de-duplication keys and message references, and old ledger rows."""
     return retention.prune()
+
+
+@shared_task(name="warmup.check_provider_throttling", **RETRY)
+def check_provider_throttling_task() -> dict:
+    """Suspend IP-provider pairs throttled over the last hour and lift the suspensions whose time is up
+    (scheduled every 5 minutes)."""
+    report = throttling.check_provider_throttling()
+    return {
+        "suspended": [[s.ip_id, s.provider] for s in report.suspended],
+        "lifted": [[s.ip_id, s.provider] for s in report.lifted],
+    }
 
 
 @shared_task(bind=True, name="warmup.deliver_alert", **RETRY)

@@ -1,4 +1,5 @@
-"""Admin of ingestion's dead letters: the records that could not be counted, and their re-processing.
+"""Admin of ingestion's dead letters (the records that could not be counted, and their re-processing) and of
+the deferral rule table that classifies deferrals' SMTP replies.
 
 Re-processing calls `webhooks.ingest.reprocess_dead_letters`, the same function as any other caller, so
 that a dead letter is counted at most once however it is retried.
@@ -14,7 +15,7 @@ from django.utils.translation import ngettext
 
 from domains.admin import LargeTablePaginator, TenantListFilter, TenantScopedAdmin
 
-from .models import DeadLetter
+from .models import DeadLetter, DeferralRule
 
 
 class PendingFilter(admin.SimpleListFilter):
@@ -94,3 +95,36 @@ class DeadLetterAdmin(TenantScopedAdmin):
 
     def has_reprocess_permission(self, request) -> bool:
         return super().has_change_permission(request)
+
+
+@admin.register(DeferralRule)
+class DeferralRuleAdmin(admin.ModelAdmin):
+    """The whole table on one page, edited in place: a few dozen rules at most. The rules classify every
+    tenant's deferrals, so, like MTA sources, they are the installation's: superusers only."""
+
+    list_display = ("order", "provider", "pattern", "classification", "enabled", "short_note")
+    list_display_links = ("short_note",)
+    list_editable = ("order", "provider", "pattern", "classification", "enabled")
+    list_filter = ("provider", "classification", "enabled")
+    search_fields = ("pattern", "note")
+    list_per_page = 200
+    fields = ("order", "provider", "pattern", "classification", "enabled", "note")
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    @admin.display(description="note")
+    def short_note(self, rule) -> str:
+        return rule.note if len(rule.note) <= 80 else rule.note[:79] + "…"

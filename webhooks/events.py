@@ -50,6 +50,7 @@ class NormalisedEvent:
     KumoMTA egress_source), else `message_refs` to resolve through an earlier delivery report.
     `remembers_refs` marks delivery reports whose references attribute later complaints, opens, clicks.
     `raw` is the record as received (a dict, or a CSV row that the parser can turn into one).
+    `smtp_reply` is set on deferrals only.
     """
 
     source: str
@@ -67,6 +68,8 @@ class NormalisedEvent:
     async_bounce: bool = False
     raw: Any = field(default=None, repr=False)
     record: int = 0  # its number in the request (data records from 1), for the answer's "rejected"
+    # A deferral's SMTP reply (enhanced code and text), classified when counted (`webhooks.deferrals`).
+    smtp_reply: str = ""
 
     @property
     def occurred_at_datetime(self) -> datetime:
@@ -123,6 +126,22 @@ def count_items(event_type: str, bounce_class: str = "", async_bounce: bool = Fa
     else:
         bounce_class = ""
     return _COUNT_ITEMS[(event_type, bounce_class, async_bounce)]
+
+
+def window_items(
+    event_type: str, bounce_class: str, async_bounce: bool, throttling: str, bucket: int
+) -> tuple[tuple[str, int], ...]:
+    """`count_items` and the event's part of its throttling window bucket: an attempt when it counts sent or
+    deferred, and a throttling deferral by classification ("rate_limited", "reputation"; "" for none)."""
+    # Imported here: the parsers import this module, and the counter store needs the apps loaded.
+    from warmup.counters import THROTTLING_COUNTERS, WINDOW_ATTEMPTS, window_counter
+
+    items = dict(count_items(event_type, bounce_class, async_bounce))
+    if "sent" in items or "deferred" in items:
+        items[window_counter(WINDOW_ATTEMPTS, bucket)] = 1
+    if throttling in THROTTLING_COUNTERS:
+        items[window_counter(THROTTLING_COUNTERS[throttling], bucket)] = 1
+    return tuple(sorted(items.items()))
 
 
 # --- Bounce classification --------------------------------------------------------------------------

@@ -27,10 +27,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from domains.models import MTASource, Tenant
-from warmup.counters import GroupKey, References, Window, get_store
+from warmup.counters import BUCKET_SECONDS, GroupKey, References, Window, get_store
 from webhooks import metrics, spikes
 from webhooks.attribution import Attributor
-from webhooks.events import DayOf, NormalisedEvent, count_items, event_key, provider_for
+from webhooks.deferrals import Classifier
+from webhooks.events import DayOf, NormalisedEvent, event_key, provider_for, window_items
 from webhooks.models import DeadLetter
 from webhooks.parsers import Batch, Rejection, kumomta, mailwizz, normalised, powermta
 
@@ -116,7 +117,9 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
     The counting is a hit of the rate-limit `window`: WindowFull, with nothing counted, when it is full.
 
     The hot path of ingestion: per event a few dictionary look-ups and one list append, grouping the
-    events by what they add (IP, day, provider, counts) for `CounterStore.count_grouped()`. With Redis,
+    events by what they add (IP, day, provider, counts) for `CounterStore.count_grouped()`. The counts
+    include the throttling window counters of the event's 5-minute bucket (`window_items`); a deferral's
+    reply is classified here, once per distinct reply, by the deferral rules (`webhooks.deferrals`). With Redis,
     the message references of the batch go in the same round trip as the counts, written first.
     Raises CounterStoreUnavailable (nothing counted) when the store or the reference store is down. An
     event naming an IP the tenant does not have (another tenant's included: a token credits only its
@@ -134,14 +137,19 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
     groups: dict[GroupKey, list[str | None]] = {}
     day_of, days = ctx.day_of, ctx.day_of.cached
     provider_of, providers = ctx.provider, ctx.providers
-    kinds: dict[tuple[str, str, bool], tuple[tuple[str, int], ...]] = {}
+    # (type, bounce class, asynchronous, throttling classification, window bucket) -> what it adds
+    kinds: dict[tuple[str, str, bool, str, int], tuple[tuple[str, int], ...]] = {}
+    classify = Classifier()  # a deferral's reply, once per provider and distinct reply of the batch
 
     def add(event: NormalisedEvent, ip_id: int) -> None:
         # The loop below has this inlined for the common case; this serves the events resolved later.
         at = event.occurred_at
-        kind = (event.type, event.bounce_class, event.async_bounce)
-        items = kinds.get(kind) or kinds.setdefault(kind, count_items(*kind))
-        groups.setdefault((ip_id, day_of(at), provider_of(event.recipient_domain), items), []).append(event.key)
+        provider = provider_of(event.recipient_domain)
+        reply = event.smtp_reply
+        kind = (event.type, event.bounce_class, event.async_bounce, classify(provider, reply) if reply else "",
+                at // BUCKET_SECONDS)  # fmt: skip
+        items = kinds.get(kind) or kinds.setdefault(kind, window_items(*kind))
+        groups.setdefault((ip_id, day_of(at), provider, items), []).append(event.key)
         attributed.append(event)
 
     for event in events:
@@ -176,16 +184,15 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
         if event.remembers_refs:
             for ref in event.message_refs:
                 remember[ref] = ip_id  # the last record of the body that names it wins
-        # add(event, ip_id), inlined: this runs for every record of every batch.
+        # add(event, ip_id), inlined: this runs for every record of every batch. Only deferrals carry a
+        # reply to classify; the window bucket is one division.
         at = event.occurred_at
-        kind = (event.type, event.bounce_class, event.async_bounce)
-        items = kinds.get(kind) or kinds.setdefault(kind, count_items(*kind))
-        group = (
-            ip_id,
-            days.get(at // 900) or day_of(at),
-            providers.get(event.recipient_domain) or provider_of(event.recipient_domain),
-            items,
-        )
+        provider = providers.get(event.recipient_domain) or provider_of(event.recipient_domain)
+        reply = event.smtp_reply
+        kind = (event.type, event.bounce_class, event.async_bounce, classify(provider, reply) if reply else "",
+                at // BUCKET_SECONDS)  # fmt: skip
+        items = kinds.get(kind) or kinds.setdefault(kind, window_items(*kind))
+        group = (ip_id, days.get(at // 900) or day_of(at), provider, items)
         keys = groups.get(group)
         if keys is None:
             keys = groups[group] = []

@@ -1,11 +1,16 @@
-"""Ingestion's own data: dead letters (events kept for want of an IP, or rejected).
+"""Ingestion's own data: dead letters (events kept for want of an IP, or rejected), and the rules that
+classify a deferral's SMTP reply (`DeferralRule`, read by `webhooks.deferrals`).
 
 De-duplication keys, counters and message references belong to the counter store (`warmup.counters`).
 """
 
+import re
+
+from django.core.exceptions import ValidationError
 from django.db import models
 
 from domains.models import Tenant
+from warmup.models import Provider
 
 
 class DeadLetterQuerySet(models.QuerySet):
@@ -52,3 +57,52 @@ class DeadLetter(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source} {self.get_reason_display()} #{self.pk}"
+
+
+def validate_pattern(value: str) -> None:
+    """A rule's pattern must compile as a Python regular expression (matched case-insensitively)."""
+    try:
+        re.compile(value, re.IGNORECASE)
+    except re.error as exc:
+        raise ValidationError(f"Pattern: not a valid regular expression ({exc}).", code="invalid_regex") from None
+
+
+class DeferralRule(models.Model):
+    """One line of the table that classifies a deferral's SMTP reply (README "Providers").
+
+    A deferred event is classified once, when it is counted, by the enabled rule of the lowest `order`
+    whose provider is the event's (or blank: any provider) and whose pattern is found in the reply
+    (enhanced code and text, e.g. "421-4.7.28 ... unusual rate of unsolicited mail"). Rate-limited and
+    reputation replies count as throttling for the provider suspension check (`warmup.throttling`).
+    """
+
+    class Classification(models.TextChoices):
+        RATE_LIMITED = "rate_limited", "Rate limited"
+        REPUTATION = "reputation", "Reputation block"
+        OTHER = "other", "Other"
+
+    THROTTLING = (Classification.RATE_LIMITED, Classification.REPUTATION)
+
+    provider = models.CharField(
+        max_length=16,
+        blank=True,
+        choices=Provider.choices,
+        help_text="The mailbox provider whose replies this rule reads; blank for any.",
+    )
+    pattern = models.CharField(
+        max_length=500,
+        validators=[validate_pattern],
+        help_text="A regular expression searched in the SMTP reply, case-insensitively (e.g. 4\\.7\\.28).",
+    )
+    classification = models.CharField(max_length=16, choices=Classification.choices)
+    order = models.PositiveIntegerField(default=100, help_text="Rules are tried from the lowest order up.")
+    enabled = models.BooleanField(default=True)
+    note = models.TextField(blank=True, help_text="What the reply means and where the rule comes from.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["order", "id"]
+        verbose_name = "deferral rule"
+
+    def __str__(self) -> str:
+        return f"{self.order}: {self.provider or 'any'} /{self.pattern}/ -> {self.classification}"

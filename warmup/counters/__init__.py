@@ -13,10 +13,15 @@ outside this package asks which one it has:
   (``...}:b:<uuid>``) share one slot. A batch is de-duplicated and counted by one Lua script
   (`apply.lua`): on a single node one call for the whole batch, atomic, with the batch's message
   references and the request's rate-limit window in the same round trip; on a cluster one call per
-  slot. An index set lists the IP-days that hold counts, so consolidation never has to SCAN.
+  slot. An index set lists the IP-days that hold counts, so consolidation never has to SCAN. The
+  throttling window counters of an IP-day (per provider and 5-minute bucket: attempts and throttling
+  deferrals, `interface.BUCKET_SECONDS`) go in the same call to its window hashes, one per hour of
+  buckets (``...}:w<hour>``, same slot), which expire three hours after their last write and are listed,
+  when they hold a throttling deferral, in a sorted set scored by their latest bucket (``wp:index:windows``).
 - `DatabaseCounterStore` (the embedded default, `database.py`): `CounterCell` rows (ip, date,
-  ``counter:provider``), `CounterDedupKey` and `MessageRef` rows, written in one transaction per batch
-  with upserts, so that several processes sum exactly; rate-limit windows in the process's memory.
+  ``counter:provider``, the window counters included), `CounterDedupKey` and `MessageRef` rows, written
+  in one transaction per batch with upserts, so that several processes sum exactly; rate-limit windows
+  in the process's memory.
 
 This is the webhooks' hot path. `count_grouped()` takes a batch already grouped by what its events add
 (the ingestion pipeline builds the groups as it attributes, a dictionary append per event), so this
@@ -33,8 +38,14 @@ from django.conf import settings
 
 from .database import DatabaseCounterStore
 from .interface import (
+    BUCKET_SECONDS,
     COUNTERS,
     PROVIDERS,
+    THROTTLING_COUNTERS,
+    WINDOW_ATTEMPTS,
+    WINDOW_PREFIX,
+    WINDOW_RATE_LIMITED,
+    WINDOW_REPUTATION,
     Batch,
     CounterStore,
     CounterStoreUnavailable,
@@ -42,10 +53,13 @@ from .interface import (
     Increment,
     References,
     Window,
+    WindowFigures,
     WindowFull,
+    bucket_of,
     group_increments,
     split_field,
     totals,
+    window_counter,
 )
 from .redis import INDEX_KEY, RedisCounterStore, day_tag, parse_day_key
 
@@ -65,7 +79,16 @@ def get_store() -> CounterStore:
 
 
 __all__ = [
+    "BUCKET_SECONDS",
     "COUNTERS",
+    "THROTTLING_COUNTERS",
+    "WINDOW_ATTEMPTS",
+    "WINDOW_PREFIX",
+    "WINDOW_RATE_LIMITED",
+    "WINDOW_REPUTATION",
+    "WindowFigures",
+    "bucket_of",
+    "window_counter",
     "INDEX_KEY",
     "PROVIDERS",
     "Batch",

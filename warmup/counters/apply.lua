@@ -1,6 +1,6 @@
 -- KEYS: per IP-day of the batch, its counts hash then its de-duplication set; then (single node) the
--- index key. ARGV[1] = de-duplication TTL in seconds, ARGV[2] = position of the index key in KEYS (0:
--- none), ARGV[3] = what the groups add, as JSON: [[field, amount, field, amount ...], ...] (a batch
+-- index key and the window index key; then the window hashes ARGV[10] names. ARGV[1] = de-duplication
+-- TTL in seconds, ARGV[2] = position of the index key in KEYS (0: none), ARGV[3] = what the groups add, as JSON: [[field, amount, field, amount ...], ...] (a batch
 -- repeats a few dozen of these), ARGV[4] = the groups as one flat JSON array of numbers, four per group:
 -- IP-day number, what it adds (position in ARGV[3]), events without a de-duplication key, events with
 -- one; the groups of an IP-day next to each other. ARGV[5] = per IP-day, how its de-duplication keys
@@ -9,8 +9,12 @@
 -- request's rate-limit window, as JSON [position of its key in KEYS, limit, seconds to keep it] ([0]:
 -- none); ARGV[8] = the batch's message references, as JSON [position of their hash in KEYS, seconds to
 -- keep it] ([0]: none), and ARGV[9] their fields and values joined by the unit separator (one string:
--- thousands of arguments cost redis-py more to pack than the script to cut); ARGV[9 + n] = the keys of
--- IP-day n in the order of its groups, end to end (`_members`: a digest as its 16 bytes).
+-- thousands of arguments cost redis-py more to pack than the script to cut); ARGV[10] = the throttling
+-- window counters, as JSON [the window hashes' expiry in seconds, buckets per window hash, per IP-day
+-- {window hash number: its position in KEYS}, [position in KEYS of a window hash holding a throttling
+-- deferral, its latest bucket, ...]] (those go to the window index, a sorted set, with that score);
+-- ARGV[10 + n] = the keys of IP-day n in the order of its groups, end to end (`_members`: a digest as
+-- its 16 bytes).
 -- A few strings rather than thousands of arguments: packing, sending and reading many arguments costs
 -- redis-py and Redis more than decoding costs the script.
 -- De-duplication is two commands per IP-day, whatever the number of its events: SMISMEMBER tells which
@@ -21,6 +25,9 @@
 -- duplicates. A single key needs the SADD alone. The set's expiry is renewed with each batch, so a key
 -- is remembered at least the TTL. Each field of an IP-day gets one HINCRBY per batch (Lua numbers are
 -- doubles: exact below 2^53), and the IP-days counted go to the index in one SADD.
+-- A field whose name starts with "@" is a window counter ("@a<bucket>:<provider>"): it goes to the window
+-- hash of its IP-day and hour (bucket // buckets per hash), which expires by itself, instead of the
+-- counts hash, which consolidation reads.
 -- The window is counted first (INCR; its first hit sets its expiry): over its limit, nothing else is done.
 -- Then the references are written, then the counts.
 -- Returns -1 for a full window, else, per group with duplicates, {its number, 1-based positions among its
@@ -52,6 +59,8 @@ if refs[1] > 0 then
 end
 local ttl = ARGV[1]
 local index = tonumber(ARGV[2])
+local windows = cjson.decode(ARGV[10])
+local window_ttl, per_hash, window_keys = windows[1], windows[2], windows[3]
 local widths = cjson.decode(ARGV[5])
 local sums_of = cjson.decode(ARGV[6])
 local adds, groups, first_group = nil, nil, nil
@@ -59,7 +68,7 @@ local found = {}
 local touched = {}
 for h = 1, #widths do
   local width = widths[h]
-  local packed = ARGV[9 + h]
+  local packed = ARGV[10 + h]
   local keys = {}
   local k = 0
   if type(width) == 'number' then
@@ -148,9 +157,23 @@ for h = 1, #widths do
       sums[#sums + 1] = amount
     end
   end
-  local counts = KEYS[2 * h - 1]
+  local counts, windowed = KEYS[2 * h - 1], nil
   for f = 1, #sums, 2 do
-    redis.call('HINCRBY', counts, sums[f], sums[f + 1])
+    local field = sums[f]
+    if string.byte(field, 1) == 64 then -- "@"
+      local bucket = tonumber(string.sub(field, 3, string.find(field, ':', 3, true) - 1))
+      local hash = KEYS[window_keys[h][tostring(math.floor(bucket / per_hash))]]
+      redis.call('HINCRBY', hash, field, sums[f + 1])
+      windowed = windowed or {}
+      windowed[hash] = true
+    else
+      redis.call('HINCRBY', counts, field, sums[f + 1])
+    end
+  end
+  if windowed then
+    for hash in pairs(windowed) do
+      redis.call('EXPIRE', hash, window_ttl)
+    end
   end
   if #sums > 0 then
     touched[#touched + 1] = counts
@@ -159,6 +182,10 @@ end
 if index > 0 then
   for first = 1, #touched, CHUNK do
     redis.call('SADD', KEYS[index], unpack(touched, first, math.min(first + CHUNK - 1, #touched)))
+  end
+  local throttled = windows[4]
+  for w = 1, #throttled, 2 do
+    redis.call('ZADD', KEYS[index + 1], 'GT', throttled[w + 1], KEYS[throttled[w]])
   end
 end
 return found

@@ -1,4 +1,9 @@
-"""The database counter store (the embedded default): `CounterCell` and `CounterDedupKey` rows."""
+"""The database counter store (the embedded default): `CounterCell` and `CounterDedupKey` rows.
+
+The throttling window counters ("@a<bucket>:<provider>" ...) are `CounterCell` rows too, on the event's
+day; consolidation leaves them alone and retention deletes them once their day is WINDOW_RETENTION_DAYS
+old (`warmup.retention`).
+"""
 
 from __future__ import annotations
 
@@ -7,28 +12,35 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from domains.models import Tenant
 
 from ..models import CounterCell, CounterDedupKey, MessageRef
 from .interface import (
+    BUCKET_SECONDS,
     PROVIDERS,
+    WINDOW_PREFIX,
+    WINDOW_RATE_LIMITED,
+    WINDOW_REPUTATION,
     CounterStore,
     CounterStoreUnavailable,
     GroupKey,
     Increment,
     References,
     Window,
+    WindowFigures,
     WindowFull,
     check_increment,
     split_field,
     stored_ref,
     totals,
+    window_figures,
 )
 
 
@@ -136,6 +148,19 @@ class DatabaseCounterStore(CounterStore):
     def read(self, ip_id: int, day: date) -> dict[str, int]:
         return totals(dict(CounterCell.objects.filter(ip_id=ip_id, date=day).values_list("field", "value")))
 
+    def window(self, first: int, last: int) -> dict[tuple[int, str], WindowFigures]:
+        # The cells' dates are the tenants' days: a day either side of the buckets' UTC dates covers
+        # every zone. Two queries: the IPs with a throttling deferral, then their window cells.
+        since = datetime.fromtimestamp(first * BUCKET_SECONDS, UTC).date() - timedelta(days=1)
+        until = datetime.fromtimestamp(last * BUCKET_SECONDS, UTC).date() + timedelta(days=1)
+        cells = CounterCell.objects.filter(date__gte=since, date__lte=until)
+        throttled = Q(field__startswith=WINDOW_RATE_LIMITED) | Q(field__startswith=WINDOW_REPUTATION)
+        ip_ids = set(cells.filter(throttled).values_list("ip_id", flat=True).distinct())
+        if not ip_ids:
+            return {}
+        rows = cells.filter(ip_id__in=ip_ids, field__startswith=WINDOW_PREFIX).values_list("ip_id", "field", "value")
+        return window_figures(rows, first, last)
+
     def ping(self) -> None:
         try:
             connection.ensure_connection()
@@ -222,6 +247,7 @@ class DatabaseCounterStore(CounterStore):
             cells = (
                 CounterCell.objects.select_for_update(of=("self",))
                 .filter(date__lt=max(todays.values()))
+                .exclude(field__startswith=WINDOW_PREFIX)  # window counters: pruned by retention, not consolidated
                 .values_list("id", "ip_id", "date", "field", "value", "ip__tenant__time_zone")
             )
             figures: dict[tuple[int, date], dict[str, int]] = defaultdict(lambda: defaultdict(int))

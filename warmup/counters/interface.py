@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -14,6 +15,76 @@ COUNTERS: tuple[str, ...] = DailyStat.COUNTERS
 PROVIDERS: tuple[str, ...] = tuple(Provider.values)
 _COUNTER_SET = frozenset(COUNTERS)
 _PROVIDER_SET = frozenset(PROVIDERS)
+
+# --- Throttling windows ------------------------------------------------------------------------------
+# Besides its day's counters, an event adds to its IP's short-lived window counters: per provider and
+# BUCKET_SECONDS bucket of its time, the attempts (events that count sent or deferred) and the throttling
+# deferrals by classification, so that the share of throttling replies over the last hour can be read
+# (`warmup.throttling`). They travel in the same counting call as the day's counters, as counters named
+# "@<kind><bucket>" ("@a5891234": attempts of the bucket starting at 5891234 * 300 s), and never reach
+# `DailyStat`: Redis keeps them in a hash of their own that expires by itself, the database backend in
+# `CounterCell` rows that consolidation leaves alone and retention prunes.
+BUCKET_SECONDS = 300
+WINDOW_PREFIX = "@"
+WINDOW_ATTEMPTS = "@a"
+WINDOW_RATE_LIMITED = "@r"
+WINDOW_REPUTATION = "@p"
+WINDOW_KINDS = {WINDOW_ATTEMPTS: "attempts", WINDOW_RATE_LIMITED: "rate_limited", WINDOW_REPUTATION: "reputation"}
+# A throttling classification (webhooks' `DeferralRule.Classification`) -> its window counter.
+THROTTLING_COUNTERS = {"rate_limited": WINDOW_RATE_LIMITED, "reputation": WINDOW_REPUTATION}
+_WINDOW_COUNTER = re.compile(r"@[arp][0-9]{1,12}")
+
+
+def bucket_of(seconds: int) -> int:
+    """The window bucket of a Unix time."""
+    return seconds // BUCKET_SECONDS
+
+
+def window_counter(kind: str, bucket: int) -> str:
+    """The counter name of a window kind (WINDOW_ATTEMPTS ...) in a bucket: "@a5891234"."""
+    return f"{kind}{bucket}"
+
+
+def parse_window_field(field: str) -> tuple[str, int, str] | None:
+    """``"@r5891234:gmail"`` -> ("rate_limited", 5891234, "gmail"); None for any other field."""
+    if not field.startswith(WINDOW_PREFIX):
+        return None
+    name, _, provider = field.partition(":")
+    kind = WINDOW_KINDS.get(name[:2])
+    if kind is None or not name[2:].isdigit():
+        return None
+    return kind, int(name[2:]), provider or "other"
+
+
+@dataclass(slots=True)
+class WindowFigures:
+    """One IP and provider over a window of buckets."""
+
+    attempts: int = 0
+    rate_limited: int = 0
+    reputation: int = 0
+
+    @property
+    def throttled(self) -> int:
+        return self.rate_limited + self.reputation
+
+    def add(self, kind: str, value: int) -> None:
+        setattr(self, kind, getattr(self, kind) + value)
+
+
+def window_figures(
+    fields: Iterable[tuple[int, str, int]], first: int, last: int
+) -> dict[tuple[int, str], WindowFigures]:
+    """{(ip id, provider): WindowFigures} summed from (ip id, field, value) for buckets first..last."""
+    found: dict[tuple[int, str], WindowFigures] = {}
+    for ip_id, field, value in fields:
+        parsed = parse_window_field(field)
+        if parsed is None:
+            continue
+        kind, bucket, provider = parsed
+        if first <= bucket <= last:
+            found.setdefault((ip_id, provider), WindowFigures()).add(kind, int(value))
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +182,7 @@ def _fields_of(provider: str, counts: tuple[tuple[str, int], ...]) -> tuple[str 
 
 def check_increment(inc: Increment) -> None:
     """ValueError naming the problem when an increment names an unknown counter or provider."""
-    unknown = set(inc.counts) - _COUNTER_SET
+    unknown = {name for name in set(inc.counts) - _COUNTER_SET if not _WINDOW_COUNTER.fullmatch(name)}
     if unknown:
         raise ValueError(f"unknown counter {sorted(unknown)[0]!r} (expected one of {', '.join(COUNTERS)})")
     if inc.provider not in _PROVIDER_SET:
@@ -175,6 +246,11 @@ class CounterStore:
 
     def ping(self) -> None:
         """Raise CounterStoreUnavailable when the store cannot be reached."""
+        raise NotImplementedError
+
+    def window(self, first: int, last: int) -> dict[tuple[int, str], WindowFigures]:
+        """The window counters of buckets first..last (`bucket_of`), per IP and provider, for every IP with
+        a throttling deferral among them (the others are left out: there is nothing to judge)."""
         raise NotImplementedError
 
 

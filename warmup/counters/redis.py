@@ -25,7 +25,11 @@ from warmup_portal.redis import get_redis
 
 from ..models import ConsolidationBatch
 from .interface import (
+    BUCKET_SECONDS,
     PROVIDERS,
+    WINDOW_PREFIX,
+    WINDOW_RATE_LIMITED,
+    WINDOW_REPUTATION,
     Batch,
     CounterStore,
     CounterStoreUnavailable,
@@ -33,17 +37,29 @@ from .interface import (
     Increment,
     References,
     Window,
+    WindowFigures,
     WindowFull,
     _fields_of,
     group_increments,
     stored_ref,
     totals,
+    window_figures,
 )
 
 logger = logging.getLogger(__name__)
 
 INDEX_KEY = "wp:index:ipdays"  # IP-days holding counts (members are their hash keys)
 IN_FLIGHT_KEY = "wp:index:batches"  # batches consolidation has set aside and not yet forgotten
+# Window hashes that hold throttling deferrals (a sorted set scored by their latest bucket): the
+# throttling check reads those IPs' hashes only, not one per IP.
+WINDOW_INDEX_KEY = "wp:index:windows"
+# An IP-day's window counters go to one hash per hour of buckets (``wp:{ip:<id>:<day>}:w<hour>``, hour =
+# bucket // BUCKETS_PER_WINDOW_HASH), which expires WINDOW_TTL_SECONDS after its last write. The check
+# reads the last hour: an IP holds its last two or three hours, a small hash each (Redis keeps a hash of
+# up to 128 fields compact), rather than a day of buckets in a large one (about 100 KB for an IP that
+# sends to every provider all day).
+BUCKETS_PER_WINDOW_HASH = 3600 // BUCKET_SECONDS
+WINDOW_TTL_SECONDS = 3 * 3600
 
 _APPLY_LUA = (Path(__file__).parent / "apply.lua").read_text()
 _CLAIM_LUA = (Path(__file__).parent / "claim.lua").read_text()
@@ -83,6 +99,16 @@ def _members(keys: list[str]) -> tuple[int | list[int], bytes]:
     if lengths and lengths[0] and lengths.count(lengths[0]) == len(lengths):
         return lengths[0], b"".join(members)
     return lengths, b"".join(members)
+
+
+def _window_of(counts: tuple[tuple[str, int], ...]) -> tuple[int, bool] | None:
+    """(the bucket, whether it holds a throttling deferral) of a group's window counters; None without any.
+    A group's window counters are of one bucket: the pipeline groups events by it."""
+    names = [name for name, _ in counts if name.startswith(WINDOW_PREFIX)]
+    if not names:
+        return None
+    throttling = any(name[:2] in (WINDOW_RATE_LIMITED, WINDOW_REPUTATION) for name in names)
+    return max(int(name[2:]) for name in names), throttling
 
 
 def _ip_day_of(item: tuple[GroupKey, Sequence[str | None]]) -> tuple[int, date]:
@@ -173,13 +199,17 @@ class RedisCounterStore(CounterStore):
             by_slot[self.client.keyslot(day_tag(ip_id, day))].append(item)
         duplicates: set[tuple] = set()
         hashes: list[str] = []
+        windows: dict[str, int] = {}
         for items in by_slot.values():
             keys, args, context = self._encode_apply(items, False)
             duplicates |= self._decode_apply(context, self._apply_script(keys=keys, args=args))
-            hashes += keys[::2]  # (day hash, de-duplication set) per IP-day
+            hashes += keys[: 2 * len(context[3]) : 2]  # (day hash, de-duplication set) per IP-day come first
+            windows.update({keys[position - 1]: bucket for position, bucket in context[4].items()})
         # Every IP-day of the batch, duplicates included: had the process died between an earlier try's
         # counts and its index entry, the sender's retry (all duplicates) puts the entry back.
         self.client.sadd(INDEX_KEY, *hashes)
+        if windows:
+            self.client.zadd(WINDOW_INDEX_KEY, windows, gt=True)
         return duplicates
 
     def _encode_apply(
@@ -195,22 +225,33 @@ class RedisCounterStore(CounterStore):
         day_keys: list[list[str]] = []  # per IP-day, the de-duplication keys of its groups in order
         day_sums: list[dict[str, int]] = []  # per IP-day, what its groups add if none is a duplicate
         keyed_positions: dict[int, list[int]] = {}  # groups with unkeyed events: where their keys are
-        kinds: dict[tuple, tuple] = {}  # (provider, counts) -> (its number in `adds`, (field, amount) pairs)
+        # (provider, counts) -> (its number in `adds`, (field, amount) pairs, `_window_of(counts)`)
+        kinds: dict[tuple, tuple] = {}
+        day_windows: list[dict[int, int]] = []  # per IP-day, its window hashes: hour -> latest throttling bucket
+        tags: list[str] = []
         for number, (key, dedup_keys) in enumerate(items):
             ip_id, day, provider, counts = key
             kind = kinds.get((provider, counts))
             if kind is None:
                 fields = _fields_of(provider, counts)
                 adds.append(fields)
-                kind = kinds[(provider, counts)] = (len(adds), tuple(zip(fields[::2], fields[1::2], strict=True)))
-            adding, pairs = kind
+                kind = kinds[(provider, counts)] = (len(adds), tuple(zip(fields[::2], fields[1::2], strict=True)),
+                                                    _window_of(counts))  # fmt: skip
+            adding, pairs, window_of = kind
             position = hashes.get((ip_id, day))
             if position is None:
                 tag = day_tag(ip_id, day)
                 keys += (tag + ":c", tag + ":d")
+                tags.append(tag)
                 day_keys.append([])
                 day_sums.append({})
+                day_windows.append({})
                 position = hashes[(ip_id, day)] = len(day_keys)
+            if window_of is not None:
+                bucket, throttling = window_of
+                hours = day_windows[position - 1]
+                hour = bucket // BUCKETS_PER_WINDOW_HASH
+                hours[hour] = max(hours.get(hour, 0), bucket if throttling else 0)
             sums, events = day_sums[position - 1], len(dedup_keys)
             for field, amount in pairs:
                 sums[field] = sums.get(field, 0) + amount * events
@@ -228,24 +269,38 @@ class RedisCounterStore(CounterStore):
             packed.append(members)
         index = 0
         if with_index:
-            keys.append(INDEX_KEY)
-            index = len(keys)
+            keys += (INDEX_KEY, WINDOW_INDEX_KEY)
+            index = len(keys) - 1
         flat_sums = [[item for pair in sums.items() for item in pair] for sums in day_sums]
         window_spec = "[0]"
         if window is not None:
             keys.append(window.name)
             window_spec = _dumps([len(keys), window.limit, 2 * window.seconds])  # kept past its end
         refs_spec, refs_packed = self._refs_args(keys, refs)
+        # The window hashes last, each named by its position: {hour: position in KEYS} per IP-day.
+        window_keys: list[dict[str, int]] = []
+        throttled: dict[int, int] = {}  # position in KEYS of a window hash -> its latest throttling bucket
+        for tag, hours in zip(tags, day_windows, strict=True):
+            positions = {}
+            for hour, bucket in hours.items():
+                keys.append(f"{tag}:w{hour}")
+                positions[str(hour)] = len(keys)
+                if bucket:
+                    throttled[len(keys)] = bucket
+            window_keys.append(positions)
+        windows_spec = _dumps(
+            [WINDOW_TTL_SECONDS, BUCKETS_PER_WINDOW_HASH, window_keys, list(chain.from_iterable(throttled.items()))]
+        )
         args = [
             self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(widths), _dumps(flat_sums), window_spec,
-            refs_spec, refs_packed, *packed,
+            refs_spec, refs_packed, windows_spec, *packed,
         ]  # fmt: skip
-        return keys, args, (items, keys, keyed_positions, hashes)
+        return keys, args, (items, keys, keyed_positions, hashes, throttled)
 
     @staticmethod
     def _decode_apply(context: tuple, replies: list) -> set[tuple]:
         """The duplicates a call of the script answered, as (group key, position in the group)."""
-        items, keys, keyed_positions, hashes = context
+        items, keys, keyed_positions, hashes, _ = context
         duplicates: set[tuple] = set()
         for number, *found in replies:
             key = items[number - 1][0]
@@ -279,6 +334,37 @@ class RedisCounterStore(CounterStore):
     @_redis_reachable
     def ping(self) -> None:
         self.client.ping()
+
+    @_redis_reachable
+    def window(self, first: int, last: int) -> dict[tuple[int, str], WindowFigures]:
+        # The IPs with a throttling deferral in the window, from the index (pruned of what has expired);
+        # then every window hash of theirs for the window's hours, on the IP-day of the index and the days
+        # either side: a tenant's midnight may fall inside the hour.
+        oldest = first - WINDOW_TTL_SECONDS // BUCKET_SECONDS
+        self.client.zremrangebyscore(WINDOW_INDEX_KEY, "-inf", f"({oldest}")
+        ip_days = {
+            parse_day_key(member.decode())[:2] for member in self.client.zrangebyscore(WINDOW_INDEX_KEY, first, "+inf")
+        }
+        hours = range(first // BUCKETS_PER_WINDOW_HASH, last // BUCKETS_PER_WINDOW_HASH + 1)
+        wanted = sorted(
+            {
+                (ip_id, f"{day_tag(ip_id, day + timedelta(days=shift))}:w{hour}")
+                for ip_id, day in ip_days
+                for shift in (-1, 0, 1)
+                for hour in hours
+            }
+        )
+        if not wanted:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for _, key in wanted:
+            pipe.hgetall(key)
+        fields = (
+            (ip_id, field.decode(), int(value))
+            for (ip_id, _), raw in zip(wanted, pipe.execute(), strict=True)
+            for field, value in raw.items()
+        )
+        return window_figures(fields, first, last)
 
     # --- Message references: fields of daily hashes `wp:refs:{t<tenant>}:<YYYY-MM-DD>` (ref -> IP id) ---
     # A reference written on day D is found until the end of day D + WEBHOOK_MESSAGE_REF_TTL_DAYS (so for
@@ -326,7 +412,10 @@ class RedisCounterStore(CounterStore):
         if refs:
             keys: list[str] = []
             spec, packed = self._refs_args(keys, References(tenant_id, refs))
-            self._apply_script(keys=keys, args=[self._ttl, 0, "[]", "[]", "[]", "[]", "[0]", spec, packed])
+            self._apply_script(
+                keys=keys,
+                args=[self._ttl, 0, "[]", "[]", "[]", "[]", "[0]", spec, packed, "[0, 1, [], []]"],
+            )
 
     # --- Fixed windows (the webhooks' rate limit): a counter key per window, expiring after it ------
 

@@ -1,7 +1,8 @@
 """KumoMTA log records (its log hook helper posts JSON: one object, or an array).
 
 Counting rules (PRODUCT.md section 6): `Delivery` sent + delivered; `Bounce`, `Expiration` sent +
-bounced; `OOB` bounced only (asynchronous); `Feedback` complaints; `TransientFailure` deferred;
+bounced; `OOB` bounced only (asynchronous); `Feedback` complaints; `TransientFailure` deferred (its `response`
+kept as the reply the deferral classification reads);
 `Reception`, `Delay`, `AdminBounce`, `Rejection` ignored; other types rejected.
 
 The sending IP is `source_address.address` without its port (an IPv6 address comes in brackets),
@@ -88,7 +89,7 @@ def normalise_record(record: dict) -> NormalisedEvent:
         if r
     )
     message_id = record.get("id")
-    return NormalisedEvent(
+    event = NormalisedEvent(
         source=SOURCE,
         type=event_type,
         occurred_at=occurred_at,
@@ -114,6 +115,21 @@ def normalise_record(record: dict) -> NormalisedEvent:
         async_bounce=async_bounce,
         raw=record,
     )
+    if event_type is EventType.DEFERRED:
+        event.smtp_reply = smtp_reply(response, status)
+    return event
+
+
+def smtp_reply(response: dict, status: str) -> str:
+    """ "421 4.7.28 Our system has detected ..." from a record's `response` (code, enhanced code, content)."""
+    code = response.get("code")
+    content = response.get("content")
+    parts = [
+        str(code) if isinstance(code, int) and not isinstance(code, bool) else "",
+        status,
+        content.strip() if isinstance(content, str) else "",
+    ]
+    return " ".join(part for part in parts if part)[:1000]  # the rules read the code and its first words
 
 
 def strip_port(address: str) -> str:

@@ -2,10 +2,12 @@
 
     {"type": "delivered", "ip": "45.123.10.1", "occurred_at": "2026-12-23T09:00:12Z" (or Unix seconds),
      "recipient": "anna@gmail.com", "event_id": "...", "message_id": "...", "bounce_class": "hard",
-     "async": false, "source_name": "..."}
+     "async": false, "source_name": "...", "response": "421 4.7.28 ..."}
 
 Only `type` and `occurred_at` are required; without `ip` the event is attributed by `source_name`
 (an IP's MTA source name) or by `message_id` (a Message-Id an earlier delivered/bounced event named).
+`response`, optional, is a deferral's SMTP reply (code, enhanced code and text), which the deferral
+classification reads; other types ignore it.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def normalise_record(record: dict) -> NormalisedEvent:
     message_id = text_field(record, "message_id")
     source_name = text_field(record, "source_name").strip()
     ref = message_id_ref(message_id)
+    response = text_field(record, "response").strip() if event_type is EventType.DEFERRED else ""
     return NormalisedEvent(
         source=SOURCE,
         type=event_type,
@@ -72,6 +75,7 @@ def normalise_record(record: dict) -> NormalisedEvent:
         bounce_category=bounce_class,
         async_bounce=async_bounce,
         raw=record,
+        smtp_reply=response[:1000],
     )
 
 

@@ -1,7 +1,8 @@
 """PowerMTA accounting records: CSV with a header line, a JSON object or array, or NDJSON.
 
 Counting rules (PRODUCT.md section 6): `d` sent + delivered, `b` sent + bounced, `rb`/`rs` bounced
-only (asynchronous), `f` complaints, `t`/`tq` deferred, `r` ignored, anything else rejected.
+only (asynchronous), `f` complaints, `t`/`tq` deferred (with their
+reply, `dsnDiag` and `dsnStatus`, for the deferral classification), `r` ignored, anything else rejected.
 The event time is `timeLogged`, else `timeQueued`. Columns are found by name (operators choose the
 fields and their order); field names are matched without regard to case; a repeated column name keeps
 its first occurrence.
@@ -55,7 +56,7 @@ RECORD_TYPES: dict[str, tuple[EventType, bool, bool]] = {
     "tq": (EventType.DEFERRED, False, False),
 }
 IGNORED_TYPES = frozenset({"r"})
-_BOUNCED, _COMPLAINED = EventType.BOUNCED, EventType.COMPLAINED
+_BOUNCED, _COMPLAINED, _DEFERRED = EventType.BOUNCED, EventType.COMPLAINED, EventType.DEFERRED
 
 # The fields the parser reads, in the order `_event` takes them.
 FIELDS = (
@@ -74,6 +75,7 @@ FIELDS = (
     "dsnStatus",
     "bounceCat",
     "feedbackType",
+    "dsnDiag",
 )
 _FIELDS_LOWER = tuple(name.lower() for name in FIELDS)
 
@@ -98,6 +100,7 @@ def _event(values: tuple[str, ...], raw: Any, record: int = 0) -> NormalisedEven
         dsn_status,
         bounce_cat,
         feedback_type,
+        dsn_diag,
     ) = values
     kind = RECORD_TYPES.get(rtype)
     if kind is None:
@@ -159,10 +162,15 @@ def _event(values: tuple[str, ...], raw: Any, record: int = 0) -> NormalisedEven
              feedback_type)
         )
     )  # fmt: skip
-    return NormalisedEvent(
+    event = NormalisedEvent(
         SOURCE, event_type, occurred_at, key, ip, ip_field, vmta.strip(), refs, remembers, domain, bounce_class,
         bounce_category, async_bounce, raw, record,
     )  # fmt: skip
+    if event_type is _DEFERRED:
+        # The reply the deferral classification reads: the remote diagnostic ("smtp;421 4.7.28 ...") and
+        # the status. Not part of the key: keys of records posted before stay the same.
+        event.smtp_reply = f"{dsn_diag.strip()} {dsn_status.strip()}".strip()[:1000]
+    return event
 
 
 def normalise_record(record: dict) -> NormalisedEvent:
