@@ -140,3 +140,34 @@ def test_a_member_edits_only_their_tenants_shares(client, tenant, tenant_b):
     listing = client.get("/admin/warmup/providershare/")
     assert list(listing.context["cl"].result_list) == [mine]
     assert client.get(f"/admin/warmup/providershare/{theirs.pk}/change/").status_code == 302
+
+
+def test_an_operator_ends_a_suspension_from_the_admin_and_it_is_lifted_with_an_alert(client, tenant, warming):
+    from warmup.models import Alert, AuditEvent
+
+    suspension = ProviderSuspension.objects.get(ip=warming.ip, provider="microsoft")
+    client.force_login(make_member("ann", tenant))
+    response = client.post(
+        "/admin/warmup/providersuspension/",
+        {"action": "end_now", "_selected_action": [suspension.pk]},
+        follow=True,
+    )
+
+    assert "Ended 1 suspension." in response.content.decode()
+    suspension.refresh_from_db()
+    assert suspension.ends_at == NOW and suspension.lifted_at == NOW
+    assert AuditEvent.objects.filter(plan=warming, kind="provider_resumed").count() == 1
+    assert Alert.objects.filter(ip=warming.ip, kind="provider_resumed").count() == 1
+    entry = APIClient()  # the provider has its share back
+    entry.force_authenticate(make_member("ann", tenant))
+    assert entry.get("/api/v1/warmup").json()["ips"][0]["providers"]["microsoft"]["daily_quota"] == 60
+
+
+def test_a_member_without_the_change_permission_cannot_end_a_suspension(client, tenant, warming):
+    from django.contrib.auth.models import Permission
+
+    member = make_member("bob", tenant)
+    member.user_permissions.remove(Permission.objects.get(codename="change_providersuspension"))
+    client.force_login(member)
+    listing = client.get("/admin/warmup/providersuspension/")
+    assert "end_now" not in listing.content.decode()

@@ -650,10 +650,30 @@ class ProviderSuspensionAdmin(ReadOnlyAdmin):
     def tenant(self, suspension):
         return suspension.ip.tenant
 
+    actions = ("end_now",)
+
     @admin.display(description="in force", boolean=True)
     def in_force(self, suspension) -> bool:
         now = timezone.now()
         return suspension.starts_at <= now < suspension.ends_at
+
+    def has_end_permission(self, request) -> bool:
+        return request.user.has_perm("warmup.change_providersuspension")
+
+    @admin.action(description="End the selected suspensions now", permissions=["end"])
+    def end_now(self, request, queryset):
+        """The provider gets its share back at once: the suspension ends now and is lifted as at its end
+        (audit event and alert), through the throttling check's lifting."""
+        from .throttling import lift_ended
+
+        now = timezone.now()
+        ended = queryset.filter(ends_at__gt=now).update(ends_at=now)
+        lift_ended(now)
+        self.message_user(
+            request,
+            ngettext("Ended %d suspension.", "Ended %d suspensions.", ended) % ended,
+            messages.SUCCESS if ended else messages.WARNING,
+        )
 
 
 # --- Schedules -------------------------------------------------------------------------------------
