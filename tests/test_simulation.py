@@ -247,3 +247,64 @@ def test_an_invalid_provider_in_a_scenario_names_the_field(tmp_path):
         path.write_text(json.dumps({**base, **extra}))
         with pytest.raises(CommandError, match=message):
             call_command("simulate_warmup", "--scenario", str(path))
+
+
+@pytest.mark.django_db
+def test_a_microsoft_throttling_burst_suspends_microsoft_for_the_next_day_and_gmail_stays_clean(capsys, tmp_path):
+    chart = tmp_path / "throttling.png"
+    result = run(capsys, SCENARIOS / "microsoft_throttling.json", "--chart", str(chart))
+    days = timeline(result, "45.123.10.1")
+    microsoft = provider_line(result, "45.123.10.1", "microsoft")
+    gmail = provider_line(result, "45.123.10.1", "gmail")
+
+    # 40 rate-limited deferrals at 10:00 on day 12; the check at 10:05 suspends Microsoft for 24 hours,
+    # so day 13's tick (01:00) finds it suspended; the tick of day 14 finds it lifted.
+    assert [day["deferrals"] for day in microsoft[10:14]] == [0, 40, 0, 0]
+    assert [(day["daily_quota"], day["sent"], day["suspended"]) for day in microsoft[11:14]] == [
+        (50, 50, False),
+        (0, 0, True),
+        (50, 50, False),
+    ]
+    assert [(day["daily_quota"], day["sent"], day["suspended"]) for day in gmail[11:14]] == [(80, 80, False)] * 3
+    provider_events = [(e["day"], e["kind"], e["provider"]) for e in result["events"] if "provider" in e]
+    assert provider_events == [(12, "provider_suspended", "microsoft"), (14, "provider_resumed", "microsoft")]
+    suspended = next(e for e in result["events"] if e["kind"] == "provider_suspended")
+    assert "40 throttling deferrals (rate_limited) of 40 attempts" in suspended["reason"]
+    assert all(day["status"] == "warming" for day in days[:20])
+    assert days[12]["sent"] == 150  # the plan's 200 less Microsoft's 50
+    with Image.open(chart) as drawn:
+        assert drawn.format == "PNG"
+
+
+@pytest.mark.django_db
+def test_the_same_deferrals_spread_over_the_day_suspend_nothing(capsys, tmp_path):
+    scenario = json.loads((SCENARIOS / "microsoft_throttling.json").read_text())
+    scenario["events"] = [
+        {"day": 12, "ip": "45.123.10.1", "provider": "microsoft", "deferrals": 2, "hour": hour} for hour in range(20)
+    ]
+    path = tmp_path / "spread.json"
+    path.write_text(json.dumps(scenario))
+
+    result = run(capsys, path)
+
+    microsoft = provider_line(result, "45.123.10.1", "microsoft")
+    assert microsoft[11]["deferrals"] == 40
+    assert not any(day["suspended"] for day in microsoft)
+    assert not [e for e in result["events"] if "provider" in e]
+
+
+def test_an_invalid_deferral_burst_names_the_field(tmp_path):
+    path = tmp_path / "bad.json"
+    base = {"start": "2027-01-04", "ips": [{"address": "1.2.3.4", "domain": "m.example.com"}]}
+    burst = {"day": 3, "ip": "1.2.3.4", "provider": "gmail", "deferrals": 30}
+    cases = [
+        ({**burst, "deferrals": 0}, r"events\[0\]\.deferrals: must be a whole number >= 1"),
+        ({k: v for k, v in burst.items() if k != "provider"}, r"events\[0\]\.provider: required with deferrals"),
+        ({**burst, "hour": 24}, r"events\[0\]\.hour: must be a whole number from 0 to 23"),
+        ({**burst, "classification": "greylisted"}, r"events\[0\]\.classification: one of rate_limited, reputation"),
+        ({"day": 3, "ip": "1.2.3.4", "hour": 5}, r"events\[0\]\.hour: only with deferrals"),
+    ]
+    for event, message in cases:
+        path.write_text(json.dumps({**base, "events": [event]}))
+        with pytest.raises(CommandError, match=message):
+            call_command("simulate_warmup", "--scenario", str(path))

@@ -20,6 +20,13 @@ quotas (a suspended provider's is 0) x utilization. Without a provider-specific 
 totals follow the contract's formulas on the sum of its provider quotas (the plan's quota when no
 provider is suspended) and are split across the providers for recording; with one, each provider's
 counts follow the formulas with its own rates and the totals are their sums.
+
+Deferral bursts: an event with "provider" and "deferrals": N (optional "hour", default 12, and
+"classification": "rate_limited" or "reputation") records N throttling deferrals of that provider for the
+IP in the 5-minute bucket starting at that hour, through the counter store's window counters; the
+throttling check (`warmup.throttling.check_provider_throttling`, every 5 minutes in production) then runs
+at 5 past that hour, and before each day's tick. A simulated day sends what the quotas in force at its
+tick allow, so a suspension shows in the days whose tick falls inside it.
 """
 
 from __future__ import annotations
@@ -102,7 +109,8 @@ def load_scenario(data: Any) -> dict:
             raise ScenarioError(f"{where}.ip: {event.get('ip')!r} is not one of the scenario's ips")
         if "provider" in event:
             _provider_name(event["provider"], f"{where}.provider", PROVIDERS)
-        _traffic({k: v for k, v in event.items() if k not in ("day", "ip", "provider")}, where)
+        _deferral_burst(event, where)
+        _traffic({k: v for k, v in event.items() if k not in ("day", "ip", "provider", *BURST_KEYS)}, where)
     overrides = data.get("settings", {})
     if not isinstance(overrides, dict) or not all(str(k).startswith("WARMUP_") for k in overrides):
         raise ScenarioError("settings: an object of WARMUP_* settings")
@@ -126,6 +134,29 @@ def _traffic(values: Any, where: str) -> dict:
         if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
             raise ScenarioError(f"{where}.{key}: must be a number >= 0")
     return values
+
+
+BURST_KEYS = ("deferrals", "hour", "classification")
+BURST_CLASSIFICATIONS = ("rate_limited", "reputation")
+
+
+def _deferral_burst(event: dict, where: str) -> None:
+    """Check an event's deferral burst (ScenarioError naming the field) and fill in its defaults."""
+    if "deferrals" not in event:
+        for key in ("hour", "classification"):
+            if key in event:
+                raise ScenarioError(f"{where}.{key}: only with deferrals")
+        return
+    count = event["deferrals"]
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ScenarioError(f"{where}.deferrals: must be a whole number >= 1")
+    if "provider" not in event:
+        raise ScenarioError(f"{where}.provider: required with deferrals (the provider that throttles)")
+    hour = event.setdefault("hour", 12)
+    if not isinstance(hour, int) or isinstance(hour, bool) or not 0 <= hour <= 23:
+        raise ScenarioError(f"{where}.hour: must be a whole number from 0 to 23")
+    if event.setdefault("classification", "rate_limited") not in BURST_CLASSIFICATIONS:
+        raise ScenarioError(f"{where}.classification: one of {', '.join(BURST_CLASSIFICATIONS)}")
 
 
 def _provider_name(name: Any, where: str, providers: tuple[str, ...]) -> None:
@@ -190,8 +221,11 @@ def _run_in_child(scenario: dict) -> dict:
 
     from domains.models import Tenant
     from warmup import engine, onboarding, stats
+    from warmup.counters import Increment, get_store
+    from warmup.counters.interface import THROTTLING_COUNTERS, WINDOW_ATTEMPTS, bucket_of, window_counter
     from warmup.models import AuditEvent, ProviderShare, WarmupPlan
     from warmup.providers import PROVIDERS, percentages, provider_quotas, tenant_shares
+    from warmup.throttling import check_provider_throttling
 
     zone = zoneinfo.ZoneInfo(scenario["timezone"])
     first = dt.date.fromisoformat(scenario["start"])
@@ -220,9 +254,14 @@ def _run_in_child(scenario: dict) -> dict:
             now=at(first, 0),
         )
     overrides: dict[tuple[int, str, str | None], dict] = {}
+    bursts: dict[int, list[dict]] = {}
     for event in scenario["events"]:
         key = (event["day"], event["ip"], event.get("provider"))
-        overrides.setdefault(key, {}).update({k: v for k, v in event.items() if k not in ("day", "ip", "provider")})
+        rates = {k: v for k, v in event.items() if k not in ("day", "ip", "provider", *BURST_KEYS)}
+        if rates or "deferrals" not in event:
+            overrides.setdefault(key, {}).update(rates)
+        if "deferrals" in event:
+            bursts.setdefault(event["day"], []).append(event)
     base = {key: scenario["traffic"][key] for key in TRAFFIC_KEYS}
     standing = scenario["traffic"].get("provider_rates", {})
 
@@ -230,6 +269,7 @@ def _run_in_child(scenario: dict) -> dict:
     for number in range(1, scenario["days"] + 1):
         today = first + dt.timedelta(days=number - 1)
         now = at(today, tick_hour)
+        check_provider_throttling(now)  # lifts what has ended, as the periodic check would have
         engine.tick(as_of=today, now=now)
         ips_out = []
         plans = list(WarmupPlan.objects.select_related("ip__tenant").order_by("ip__address"))
@@ -263,6 +303,20 @@ def _run_in_child(scenario: dict) -> dict:
             for provider, provider_counts in by_provider.items():
                 if provider_counts["sent"]:
                     stats.record_stats(plan.ip, provider_counts, day=today, provider=provider)
+            deferrals = dict.fromkeys(PROVIDERS, 0)
+            for burst in bursts.get(number, []):
+                if burst["ip"] != address:
+                    continue
+                moment = at(today, burst["hour"])
+                bucket = bucket_of(int(moment.timestamp()))
+                count = burst["deferrals"]
+                burst_counts = {
+                    "deferred": count,
+                    window_counter(WINDOW_ATTEMPTS, bucket): count,
+                    window_counter(THROTTLING_COUNTERS[burst["classification"]], bucket): count,
+                }
+                get_store().apply([Increment(plan.ip_id, today, burst_counts, burst["provider"])])
+                deferrals[burst["provider"]] += count
             ips_out.append(
                 {
                     "ip": address,
@@ -281,11 +335,14 @@ def _run_in_child(scenario: dict) -> dict:
                             "bounced": by_provider[provider]["bounced"],
                             "complaints": by_provider[provider]["complaints"],
                             "suspended": ip_quotas[provider].suspended_until is not None,
+                            "deferrals": deferrals[provider],
                         }
                         for provider in PROVIDERS
                     },
                 }
             )
+        for hour in sorted({burst["hour"] for burst in bursts.get(number, [])}):
+            check_provider_throttling(at(today, hour) + dt.timedelta(minutes=5))
         days_out.append(
             {
                 "day": number,
@@ -423,7 +480,13 @@ def _draw_providers(ax, result: dict) -> None:
             sum(e.get("providers", {}).get(provider, {}).get("sent", 0) for e in day["ips"]) for day in result["days"]
         ]
         ax.plot(xs, sent, color=colour, linewidth=1.5, label=f"{provider} sent")
-        pauses = sorted({event["day"] for event in result["events"] if event.get("provider") == provider})
+        pauses = sorted(
+            {
+                event["day"]
+                for event in result["events"]
+                if event.get("provider") == provider and event["kind"] in ("provider_paused", "provider_suspended")
+            }
+        )
         for number, day in enumerate(pauses):
             ax.axvline(
                 day, color=colour, linestyle=":", linewidth=1.2, label=f"{provider} paused" if number == 0 else None
