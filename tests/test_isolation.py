@@ -20,7 +20,7 @@ from domains.admin import tenant_path_for
 from domains.models import IP, Domain, WebhookToken
 from warmup.counters import get_store
 from warmup.engine import ACTIONS
-from warmup.models import AuditEvent, WarmupPlan
+from warmup.models import AuditEvent, ProviderShare, ProviderSuspension, WarmupPlan
 from webhooks.models import DeadLetter
 
 from .factories import (
@@ -56,6 +56,10 @@ def populate(slug: str, address: str) -> dict:
     AuditEventFactory(plan=plan, date=TODAY - dt.timedelta(days=10))
     AlertFactory(ip=plan.ip, message=f"{address} of {slug} paused")
     DeadLetterFactory(tenant=tenant, event_key=f"{slug}-letter", raw={"type": "delivered", "ip": "192.0.2.9"})
+    ProviderShare.objects.create(tenant=tenant, provider="gmail", share=60)
+    ProviderSuspension.objects.create(
+        ip=plan.ip, provider="microsoft", reason="threshold", starts_at=NOW, ends_at=NOW + dt.timedelta(hours=48)
+    )
     token = WebhookToken.issue(tenant, label=f"{slug} sender")[1]
     return {"tenant": tenant, "plan": plan, "ip": plan.ip, "token": token}
 
