@@ -8,8 +8,10 @@
 -- when none of its events is a duplicate: [[field, amount, field, amount ...], ...] (JSON); ARGV[7] = the
 -- request's rate-limit window, as JSON [position of its key in KEYS, limit, seconds to keep it] ([0]:
 -- none); ARGV[8] = the batch's message references, as JSON [position of their hash in KEYS, seconds to
--- keep it] ([0]: none), and ARGV[9] their fields and values joined by the unit separator (one string:
--- thousands of arguments cost redis-py more to pack than the script to cut); ARGV[9 + n] = the keys of
+-- keep it, IP id, how many references name it, IP id, how many ...] ([0]: none), and ARGV[9] the
+-- references (never empty) joined by the unit separator, those of each IP of ARGV[8] together in that
+-- order (one string: thousands of arguments cost redis-py more to pack than the script to cut, and an
+-- IP id travels once rather than once a reference); ARGV[9 + n] = the keys of
 -- IP-day n in the order of its groups, end to end (`_members`: a digest as its 16 bytes).
 -- A few strings rather than thousands of arguments: packing, sending and reading many arguments costs
 -- redis-py and Redis more than decoding costs the script.
@@ -38,12 +40,18 @@ end
 local CHUNK = 4000
 local refs = cjson.decode(ARGV[8])
 if refs[1] > 0 then
-  local packed, fields, n, first = ARGV[9], {}, 0, 1
-  while first <= #packed + 1 do
-    local last = string.find(packed, '\31', first, true) or (#packed + 1)
-    n = n + 1
-    fields[n] = string.sub(packed, first, last - 1)
-    first = last + 1
+  -- gmatch cuts the string in one pass; each reference is followed by the IP id of its group.
+  local fields, n, group, left = {}, 0, 3, refs[4]
+  local ip_id = tostring(refs[3])
+  for ref in string.gmatch(ARGV[9], '[^\31]+') do
+    while left == 0 do
+      group = group + 2
+      ip_id, left = tostring(refs[group]), refs[group + 1]
+    end
+    fields[n + 1] = ref
+    fields[n + 2] = ip_id
+    n = n + 2
+    left = left - 1
   end
   for i = 1, n, CHUNK do
     redis.call('HSET', KEYS[refs[1]], unpack(fields, i, math.min(i + CHUNK - 1, n)))

@@ -311,17 +311,26 @@ class RedisCounterStore(CounterStore):
         return found
 
     def _refs_args(self, keys: list[str], refs: References | None) -> tuple[str, str]:
-        """The script's arguments for `refs` (their hash is appended to `keys`): the spec and the fields."""
+        """The script's arguments for `refs` (their hash is appended to `keys`): the spec (the hash, its
+        expiry, then each IP id with how many references name it) and the references, grouped by IP."""
         if refs is None:
             return "[0]", ""
-        keys.append(self._refs_bucket(refs.tenant_id))
-        ttl = int(timedelta(days=settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1).total_seconds())
         items = refs.refs.items()
         joined = "".join(refs.refs)
         if not (joined.isascii() and "\x1f" not in joined and max(map(len, refs.refs)) <= 200):
-            items = ((stored_ref(ref), ip_id) for ref, ip_id in items)
-        # The usual batch (every reference stored as it is) is joined without a call per reference.
-        return _dumps([len(keys), ttl]), "\x1f".join(chain.from_iterable((ref, str(ip_id)) for ref, ip_id in items))
+            items = [(stored_ref(ref), ip_id) for ref, ip_id in items]
+        by_ip: dict[int, list[str]] = {}
+        for ref, ip_id in items:
+            if ref:  # an empty reference names no message (and the script reads only non-empty ones)
+                named = by_ip.get(ip_id)
+                if named is None:
+                    named = by_ip[ip_id] = []
+                named.append(ref)
+        keys.append(self._refs_bucket(refs.tenant_id))
+        spec = [len(keys), int(timedelta(days=settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1).total_seconds())]
+        for ip_id, named in by_ip.items():
+            spec += (ip_id, len(named))
+        return _dumps(spec), "\x1f".join(chain.from_iterable(by_ip.values()))
 
     @_redis_reachable
     def write_refs(self, tenant_id: int, refs: Mapping[str, int]) -> None:
