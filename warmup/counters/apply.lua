@@ -8,7 +8,7 @@
 -- when none of its events is a duplicate: [[field, amount, field, amount ...], ...] (JSON); ARGV[7] = the
 -- request's rate-limit window, as JSON [position of its key in KEYS, limit, seconds to keep it] ([0]:
 -- none); ARGV[8] = the batch's message references, as JSON [position of their hash in KEYS, seconds to
--- keep it, IP id, how many references name it, IP id, how many ...] ([0]: none), and ARGV[9] the
+-- keep it, IP id (text), how many references name it, IP id, how many ...] ([0]: none), and ARGV[9] the
 -- references (never empty) joined by the unit separator, those of each IP of ARGV[8] together in that
 -- order (one string: thousands of arguments cost redis-py more to pack than the script to cut, and an
 -- IP id travels once rather than once a reference); ARGV[9 + n] = the keys of
@@ -42,11 +42,11 @@ local refs = cjson.decode(ARGV[8])
 if refs[1] > 0 then
   -- gmatch cuts the string in one pass; each reference is followed by the IP id of its group.
   local fields, n, group, left = {}, 0, 3, refs[4]
-  local ip_id = tostring(refs[3])
+  local ip_id = refs[3]
   for ref in string.gmatch(ARGV[9], '[^\31]+') do
     while left == 0 do
       group = group + 2
-      ip_id, left = tostring(refs[group]), refs[group + 1]
+      ip_id, left = refs[group], refs[group + 1]
     end
     fields[n + 1] = ref
     fields[n + 2] = ip_id

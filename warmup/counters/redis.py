@@ -327,9 +327,10 @@ class RedisCounterStore(CounterStore):
                     named = by_ip[ip_id] = []
                 named.append(ref)
         keys.append(self._refs_bucket(refs.tenant_id))
-        spec = [len(keys), int(timedelta(days=settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1).total_seconds())]
+        ttl = int(timedelta(days=settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1).total_seconds())
+        spec: list[int | str] = [len(keys), ttl]
         for ip_id, named in by_ip.items():
-            spec += (ip_id, len(named))
+            spec += (str(ip_id), len(named))  # text: the script writes it as it comes (no number formatting)
         return _dumps(spec), "\x1f".join(chain.from_iterable(by_ip.values()))
 
     @_redis_reachable
