@@ -40,18 +40,18 @@ end
 local CHUNK = 4000
 local refs = cjson.decode(ARGV[8])
 if refs[1] > 0 then
-  -- gmatch cuts the string in one pass; each reference is followed by the IP id of its group.
-  local fields, n, group, left = {}, 0, 3, refs[4]
-  local ip_id = refs[3]
-  for ref in string.gmatch(ARGV[9], '[^\31]+') do
-    while left == 0 do
-      group = group + 2
-      ip_id, left = refs[group], refs[group + 1]
+  -- Each IP's references are cut with a plain find (faster than a pattern) and followed by its id.
+  local packed, fields, n, first = ARGV[9], {}, 0, 1
+  local find, sub = string.find, string.sub
+  for group = 3, #refs, 2 do
+    local ip_id = refs[group]
+    for _ = 1, refs[group + 1] do
+      local last = find(packed, '\31', first, true) or (#packed + 1)
+      fields[n + 1] = sub(packed, first, last - 1)
+      fields[n + 2] = ip_id
+      n = n + 2
+      first = last + 1
     end
-    fields[n + 1] = ref
-    fields[n + 2] = ip_id
-    n = n + 2
-    left = left - 1
   end
   for i = 1, n, CHUNK do
     redis.call('HSET', KEYS[refs[1]], unpack(fields, i, math.min(i + CHUNK - 1, n)))
