@@ -321,7 +321,7 @@ class RedisCounterStore(CounterStore):
             items = [(stored_ref(ref), ip_id) for ref, ip_id in items]
         by_ip: dict[int, list[str]] = {}
         for ref, ip_id in items:
-            if ref:  # an empty reference names no message (and the script reads only non-empty ones)
+            if ref:  # an empty reference names no message: nothing is kept for it
                 named = by_ip.get(ip_id)
                 if named is None:
                     named = by_ip[ip_id] = []
