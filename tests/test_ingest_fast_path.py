@@ -247,6 +247,22 @@ def test_references_of_any_text_go_through_the_counting_script_and_are_found_aga
     assert refs.read_refs(5, list(odd)) == odd
 
 
+@time_machine.travel(NOW, tick=False)
+def test_references_of_several_ips_in_one_call_keep_each_its_own_ip(redis_client, ip):
+    # The script receives the references grouped by IP, each IP id once: interleaved IPs, an IP with a
+    # single reference and an empty reference (which names nothing) must not shift one onto another; an
+    # id past a double's shortest text (10**15) is written as its digits.
+    store = RedisCounterStore(redis_client)
+    refs = {f"mid:m{n}@x": 100 + n % 3 for n in range(10)} | {"mw:c/s": 7, "": 8, "mid:last@x": 100}
+    refs["mid:big@x"] = 10**15 + 1
+
+    store.count_grouped({(ip.id, DAY, "other", (("sent", 1),)): ["k"]}, References(5, refs))
+
+    named = [ref for ref in refs if ref]
+    assert store.read_refs(5, named) == {ref: refs[ref] for ref in named}
+    assert store.read(ip.id, DAY)["sent"] == 1
+
+
 def test_a_csv_events_raw_record_is_read_again_from_its_lines():
     body = (
         b"type,timeLogged,dlvSourceIp,dsnDiag\r\n"

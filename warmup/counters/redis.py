@@ -89,7 +89,7 @@ def _member(key: str) -> bytes:
 def _members(keys: list[str]) -> tuple[int | list[int], bytes]:
     """An IP-day's de-duplication keys as `_APPLY_LUA` takes them: (their width, or the list of their
     lengths; the `_member`s end to end)."""
-    if keys and all(len(key) == 32 for key in keys):
+    if set(map(len, keys)) == {32}:  # lengths compared in C: this runs per IP-day of every batch
         # The usual IP-day: digests only, turned into bytes in one call.
         digests = _from_hex("".join(keys))
         if digests is not None:
@@ -165,7 +165,7 @@ class RedisCounterStore(CounterStore):
         refs: References | None = None,
         window: Window | None = None,
     ) -> int:
-        return sum(len(keys) for keys in groups.values()) - len(self._count(groups, refs, window))
+        return sum(map(len, groups.values())) - len(self._count(groups, refs, window))
 
     def _count(
         self,
@@ -395,17 +395,27 @@ class RedisCounterStore(CounterStore):
         return found
 
     def _refs_args(self, keys: list[str], refs: References | None) -> tuple[str, str]:
-        """The script's arguments for `refs` (their hash is appended to `keys`): the spec and the fields."""
+        """The script's arguments for `refs` (their hash is appended to `keys`): the spec (the hash, its
+        expiry, then each IP id with how many references name it) and the references, grouped by IP."""
         if refs is None:
             return "[0]", ""
-        keys.append(self._refs_bucket(refs.tenant_id))
-        ttl = int(timedelta(days=settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1).total_seconds())
         items = refs.refs.items()
         joined = "".join(refs.refs)
         if not (joined.isascii() and "\x1f" not in joined and max(map(len, refs.refs)) <= 200):
-            items = ((stored_ref(ref), ip_id) for ref, ip_id in items)
-        # The usual batch (every reference stored as it is) is joined without a call per reference.
-        return _dumps([len(keys), ttl]), "\x1f".join(chain.from_iterable((ref, str(ip_id)) for ref, ip_id in items))
+            items = [(stored_ref(ref), ip_id) for ref, ip_id in items]
+        by_ip: dict[int, list[str]] = {}
+        for ref, ip_id in items:
+            if ref:  # an empty reference names no message: nothing is kept for it
+                named = by_ip.get(ip_id)
+                if named is None:
+                    named = by_ip[ip_id] = []
+                named.append(ref)
+        keys.append(self._refs_bucket(refs.tenant_id))
+        ttl = int(timedelta(days=settings.WEBHOOK_MESSAGE_REF_TTL_DAYS + 1).total_seconds())
+        spec: list[int | str] = [len(keys), ttl]
+        for ip_id, named in by_ip.items():
+            spec += (str(ip_id), len(named))  # text: the script writes it as it comes (no number formatting)
+        return _dumps(spec), "\x1f".join(chain.from_iterable(by_ip.values()))
 
     @_redis_reachable
     def write_refs(self, tenant_id: int, refs: Mapping[str, int]) -> None:
