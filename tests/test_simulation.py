@@ -269,7 +269,7 @@ def test_a_microsoft_throttling_burst_suspends_microsoft_for_the_next_day_and_gm
     provider_events = [(e["day"], e["kind"], e["provider"]) for e in result["events"] if "provider" in e]
     assert provider_events == [(12, "provider_suspended", "microsoft"), (14, "provider_resumed", "microsoft")]
     suspended = next(e for e in result["events"] if e["kind"] == "provider_suspended")
-    assert "40 throttling deferrals (rate_limited) of 40 attempts" in suspended["reason"]
+    assert "40 throttling deferrals (rate_limited) of 40 deferrals" in suspended["reason"]
     assert all(day["status"] == "warming" for day in days[:20])
     assert days[12]["sent"] == 150  # the plan's 200 less Microsoft's 50
     with Image.open(chart) as drawn:

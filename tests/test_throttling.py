@@ -111,7 +111,7 @@ def test_thirty_gmail_rate_limit_deferrals_in_an_hour_suspend_gmail_for_that_ip(
     assert (suspension.ip_id, suspension.provider, suspension.reason) == (plan.ip.pk, "gmail", "throttling")
     assert suspension.ends_at == NOW + timedelta(minutes=3, hours=4)
     assert suspension.figures["throttled"] == 30 and suspension.figures["rate_limited"] == 30
-    assert suspension.figures["attempts"] == 30 and suspension.figures["share"] == 100.0
+    assert suspension.figures["deferrals"] == 30 and suspension.figures["share"] == 100.0
     assert suspension.figures["classification"] == "rate_limited"
     event = AuditEvent.objects.get(plan=plan)
     assert event.kind == AuditEvent.Kind.PROVIDER_SUSPENDED
@@ -121,7 +121,7 @@ def test_thirty_gmail_rate_limit_deferrals_in_an_hour_suspend_gmail_for_that_ip(
     assert alert.kind == Alert.Kind.PROVIDER_SUSPENDED and alert.ip == plan.ip
     assert len(fake_telegram.texts()) == 1
     assert "Suspended gmail for 45.123.10.1 (mail1.sos-mail.com, SOS-Expat)" in fake_telegram.texts()[0]
-    assert "30 throttling deferrals (rate_limited) of 30 attempts (100.0%)" in fake_telegram.texts()[0]
+    assert "30 throttling deferrals (rate_limited) of 30 deferrals (100.0%)" in fake_telegram.texts()[0]
 
     expected = split_quota(1000, tenant_shares([plan.ip.tenant])[plan.ip.tenant.pk])
     assert quotas["gmail"].daily_quota == 0 and quotas["gmail"].suspended_until == suspension.ends_at
@@ -148,8 +148,8 @@ def test_the_same_thirty_deferrals_spread_over_a_day_change_nothing(run_check, b
     [
         ("WARMUP_THROTTLE_DEFERRALS", 31, False),
         ("WARMUP_THROTTLE_DEFERRALS", 20, True),
-        ("WARMUP_THROTTLE_SHARE", 2.5, True),  # 30 of 330 attempts: 9.1%
-        ("WARMUP_THROTTLE_SHARE", 10.0, False),
+        ("WARMUP_THROTTLE_SHARE", 25.0, True),  # 30 of the hour's 120 deferrals: 25%
+        ("WARMUP_THROTTLE_SHARE", 26.0, False),
     ],
 )
 def test_the_thresholds_decide(
@@ -157,9 +157,13 @@ def test_the_thresholds_decide(
 ):
     setattr(settings, setting, value)
     thirty_in_an_hour(poster)
-    if setting == "WARMUP_THROTTLE_SHARE":  # 300 Gmail deliveries in the same hour
+    if setting == "WARMUP_THROTTLE_SHARE":  # 90 Gmail "mailbox full" deferrals in the same hour
+        full = "smtp;452 4.2.2 The email account that you tried to reach is over quota. - gsmtp"
         with time_machine.travel(NOW, tick=False):
-            post_powermta(poster, [pmta_delivery(n, NOW - timedelta(seconds=10 * n)) for n in range(300)])
+            post_powermta(
+                poster,
+                [pmta_deferral(500 + n, NOW - timedelta(seconds=30 * n), diag=full, status="4.2.2") for n in range(90)],
+            )
 
     with time_machine.travel(NOW + timedelta(minutes=3), tick=False):
         run_check()
@@ -168,7 +172,7 @@ def test_the_thresholds_decide(
     assert Alert.objects.count() == (1 if suspended else 0)
 
 
-def test_other_deferrals_count_as_attempts_but_not_as_throttling(run_check, redis_client, plan, poster, fake_telegram):
+def test_other_deferrals_count_as_deferrals_but_not_as_throttling(run_check, redis_client, plan, poster, fake_telegram):
     full = "smtp;452 4.2.2 The email account that you tried to reach is over quota. - gsmtp"
     with time_machine.travel(NOW, tick=False):
         post_powermta(
@@ -317,7 +321,7 @@ def test_window_counters_expire_on_redis_and_never_reach_the_daily_stats(backend
         hour = int(NOW.timestamp()) // 3600
         assert windows == [f"wp:{{ip:{plan.ip.pk}:2027-03-10}}:w{h}".encode() for h in (hour - 1, hour)]
         assert all(0 < redis_client.ttl(key) <= 3 * 3600 for key in windows)
-        assert sum(int(v) for key in windows for v in redis_client.hvals(key)) == 60  # 30 attempts, 30 rate limited
+        assert sum(int(v) for key in windows for v in redis_client.hvals(key)) == 60  # 30 deferrals, 30 rate limited
         assert not [f for f in redis_client.hkeys(f"wp:{{ip:{plan.ip.pk}:2027-03-10}}:c") if f.startswith(b"@")]
 
     with time_machine.travel(NOW + timedelta(days=1), tick=False):
@@ -326,6 +330,16 @@ def test_window_counters_expire_on_redis_and_never_reach_the_daily_stats(backend
     stat = DailyStat.objects.get(ip=plan.ip)
     assert stat.deferred == 30 and stat.sent == 0
     assert stat.by_provider == {"gmail": {"deferred": 30}}
+
+
+def test_deliveries_add_nothing_to_the_window(backend, plan, poster, redis_client):
+    with time_machine.travel(NOW, tick=False):
+        post_powermta(poster, [pmta_delivery(n, NOW - timedelta(seconds=10 * n)) for n in range(300)])
+    first, last = throttling.window_buckets(NOW + timedelta(minutes=3))
+    assert get_store().window(first, last) == {}
+    assert get_store().read(plan.ip.pk, NOW.date())["sent"] == 300
+    if backend == "redis":
+        assert not list(redis_client.scan_iter(match=f"wp:{{ip:{plan.ip.pk}:*}}:w*"))
 
 
 def test_deferrals_cost_the_webhook_no_query_once_the_caches_are_warm(
@@ -348,7 +362,7 @@ def test_a_retried_batch_adds_nothing_to_the_window(backend, plan, poster):
 
     first, last = throttling.window_buckets(NOW + timedelta(minutes=3))
     figures = get_store().window(first, last)[(plan.ip.pk, "gmail")]
-    assert (figures.attempts, figures.rate_limited, figures.reputation) == (45, 45, 0)
+    assert (figures.deferrals, figures.rate_limited, figures.reputation) == (45, 45, 0)
     assert get_store().read(plan.ip.pk, NOW.date())["deferred"] == 45
 
 

@@ -301,8 +301,8 @@ def provider_suspended_message(ip: IP, *, provider: str, figures: Mapping, until
     """The throttling check's suspension: the hour's figures, the thresholds and when the provider is back."""
     return (
         f"{headline(Alert.Kind.PROVIDER_SUSPENDED, f'Suspended {provider} for', ip)}: "
-        f"{figures['throttled']:,} throttling deferrals ({figures['classification']}) of {figures['attempts']:,} "
-        f"attempts ({figures['share']:.1f}%) in the last {figures['window_minutes']} min "
+        f"{figures['throttled']:,} throttling deferrals ({figures['classification']}) of {figures['deferrals']:,} "
+        f"deferrals ({figures['share']:.1f}%) in the last {figures['window_minutes']} min "
         f"(thresholds {figures['threshold_deferrals']:,} and {figures['threshold_share']:.1f}%); "
         f"{provider} gets 0 of the quota until {_local(until, ip.tenant.time_zone)}"
     )

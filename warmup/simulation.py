@@ -222,7 +222,7 @@ def _run_in_child(scenario: dict) -> dict:
     from domains.models import Tenant
     from warmup import engine, onboarding, stats
     from warmup.counters import Increment, get_store
-    from warmup.counters.interface import THROTTLING_COUNTERS, WINDOW_ATTEMPTS, bucket_of, window_counter
+    from warmup.counters.interface import THROTTLING_COUNTERS, WINDOW_DEFERRALS, bucket_of, window_counter
     from warmup.models import AuditEvent, ProviderShare, WarmupPlan
     from warmup.providers import PROVIDERS, percentages, provider_quotas, tenant_shares
     from warmup.throttling import check_provider_throttling
@@ -312,7 +312,7 @@ def _run_in_child(scenario: dict) -> dict:
                 count = burst["deferrals"]
                 burst_counts = {
                     "deferred": count,
-                    window_counter(WINDOW_ATTEMPTS, bucket): count,
+                    window_counter(WINDOW_DEFERRALS, bucket): count,
                     window_counter(THROTTLING_COUNTERS[burst["classification"]], bucket): count,
                 }
                 get_store().apply([Increment(plan.ip_id, today, burst_counts, burst["provider"])])

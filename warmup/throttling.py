@@ -6,7 +6,7 @@ Owns `check_provider_throttling()`, run every 5 minutes by the `warmup.check_pro
   lifted: `lifted_at`, an audit event and one alert;
 - an IP and provider whose throttling deferrals (replies the deferral rules classify as rate-limited or
   reputation, `webhooks.deferrals`) over the last WINDOW_MINUTES reach WARMUP_THROTTLE_DEFERRALS and
-  WARMUP_THROTTLE_SHARE percent of that hour's attempts get a `ProviderSuspension` (reason THROTTLING) for
+  WARMUP_THROTTLE_SHARE percent of that hour's deferrals of the pair get a `ProviderSuspension` (reason THROTTLING) for
   WARMUP_THROTTLE_SUSPEND_HOURS, an audit event on the IP's plan and one alert; never a second one while
   a suspension of the pair is in force.
 
@@ -69,10 +69,8 @@ def throttled_pairs(now: datetime) -> dict[tuple[int, str], WindowFigures]:
 
 
 def _share(figures: WindowFigures) -> float:
-    # Every deferral is an attempt; max() keeps the share at most 100% should a sender post deferrals of
-    # messages whose other attempts went to another portal.
-    attempts = max(figures.attempts, figures.throttled)
-    return figures.throttled * 100.0 / attempts if attempts else 0.0
+    """Throttling deferrals as a percent of the window's deferrals."""
+    return figures.throttled * 100.0 / figures.deferrals if figures.deferrals else 0.0
 
 
 def suspend_throttled(now: datetime) -> list[ProviderSuspension]:
@@ -109,7 +107,7 @@ def suspend_throttled(now: datetime) -> list[ProviderSuspension]:
                 "window_minutes": WINDOW_MINUTES,
                 "window_start": datetime.fromtimestamp(first * BUCKET_SECONDS, now.tzinfo).isoformat(),
                 "window_end": datetime.fromtimestamp((last + 1) * BUCKET_SECONDS, now.tzinfo).isoformat(),
-                "attempts": figures.attempts,
+                "deferrals": figures.deferrals,
                 "rate_limited": figures.rate_limited,
                 "reputation": figures.reputation,
                 "throttled": figures.throttled,

@@ -277,9 +277,10 @@ WARMUP_PROVIDER_PAUSES_BEFORE_IP_PAUSE = env.int("WARMUP_PROVIDER_PAUSES_BEFORE_
 WARMUP_PROVIDER_ESCALATION_DAYS = env.int("WARMUP_PROVIDER_ESCALATION_DAYS", default=14)
 # Throttling (warmup/throttling.py, every 5 minutes): an IP and provider whose throttling deferrals (rate-limited
 # or reputation replies, by the deferral rules) over the last hour reach WARMUP_THROTTLE_DEFERRALS and
-# WARMUP_THROTTLE_SHARE percent of that hour's attempts get the provider suspended for the IP this many hours.
+# WARMUP_THROTTLE_SHARE percent of the pair's deferrals of that hour get the provider suspended for the IP this
+# many hours.
 WARMUP_THROTTLE_DEFERRALS = env.int("WARMUP_THROTTLE_DEFERRALS", default=30)
-WARMUP_THROTTLE_SHARE = env.float("WARMUP_THROTTLE_SHARE", default=10.0)
+WARMUP_THROTTLE_SHARE = env.float("WARMUP_THROTTLE_SHARE", default=25.0)
 WARMUP_THROTTLE_SUSPEND_HOURS = env.int("WARMUP_THROTTLE_SUSPEND_HOURS", default=4)
 
 # --- Alerts ---------------------------------------------------------------------------------------

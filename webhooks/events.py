@@ -131,14 +131,15 @@ def count_items(event_type: str, bounce_class: str = "", async_bounce: bool = Fa
 def window_items(
     event_type: str, bounce_class: str, async_bounce: bool, throttling: str, bucket: int
 ) -> tuple[tuple[str, int], ...]:
-    """`count_items` and the event's part of its throttling window bucket: an attempt when it counts sent or
-    deferred, and a throttling deferral by classification ("rate_limited", "reputation"; "" for none)."""
+    """`count_items` and, for a deferral, its part of its throttling window bucket: a deferral, and a
+    throttling one by classification ("rate_limited", "reputation"; "" for none)."""
     # Imported here: the parsers import this module, and the counter store needs the apps loaded.
-    from warmup.counters import THROTTLING_COUNTERS, WINDOW_ATTEMPTS, window_counter
+    from warmup.counters import THROTTLING_COUNTERS, WINDOW_DEFERRALS, window_counter
 
     items = dict(count_items(event_type, bounce_class, async_bounce))
-    if "sent" in items or "deferred" in items:
-        items[window_counter(WINDOW_ATTEMPTS, bucket)] = 1
+    if "deferred" not in items:
+        return count_items(event_type, bounce_class, async_bounce)
+    items[window_counter(WINDOW_DEFERRALS, bucket)] = 1
     if throttling in THROTTLING_COUNTERS:
         items[window_counter(THROTTLING_COUNTERS[throttling], bucket)] = 1
     return tuple(sorted(items.items()))

@@ -31,9 +31,11 @@ from warmup.counters import BUCKET_SECONDS, GroupKey, References, Window, get_st
 from webhooks import metrics, spikes
 from webhooks.attribution import Attributor
 from webhooks.deferrals import Classifier
-from webhooks.events import DayOf, NormalisedEvent, event_key, provider_for, window_items
+from webhooks.events import DayOf, EventType, NormalisedEvent, event_key, provider_for, window_items
 from webhooks.models import DeadLetter
 from webhooks.parsers import Batch, Rejection, kumomta, mailwizz, normalised, powermta
+
+DEFERRED = EventType.DEFERRED
 
 logger = logging.getLogger(__name__)
 
@@ -145,9 +147,11 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
         # The loop below has this inlined for the common case; this serves the events resolved later.
         at = event.occurred_at
         provider = provider_of(event.recipient_domain)
-        reply = event.smtp_reply
-        kind = (event.type, event.bounce_class, event.async_bounce, classify(provider, reply) if reply else "",
-                at // BUCKET_SECONDS)  # fmt: skip
+        if event.type == DEFERRED:
+            reply = event.smtp_reply
+            kind = (DEFERRED, "", False, classify(provider, reply) if reply else "", at // BUCKET_SECONDS)
+        else:
+            kind = (event.type, event.bounce_class, event.async_bounce, "", 0)
         items = kinds.get(kind) or kinds.setdefault(kind, window_items(*kind))
         groups.setdefault((ip_id, day_of(at), provider, items), []).append(event.key)
         attributed.append(event)
@@ -185,12 +189,14 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
             for ref in event.message_refs:
                 remember[ref] = ip_id  # the last record of the body that names it wins
         # add(event, ip_id), inlined: this runs for every record of every batch. Only deferrals carry a
-        # reply to classify; the window bucket is one division.
+        # reply to classify and a window bucket (one division); the rest share one kind per type.
         at = event.occurred_at
         provider = providers.get(event.recipient_domain) or provider_of(event.recipient_domain)
-        reply = event.smtp_reply
-        kind = (event.type, event.bounce_class, event.async_bounce, classify(provider, reply) if reply else "",
-                at // BUCKET_SECONDS)  # fmt: skip
+        if event.type == DEFERRED:
+            reply = event.smtp_reply
+            kind = (DEFERRED, "", False, classify(provider, reply) if reply else "", at // BUCKET_SECONDS)
+        else:
+            kind = (event.type, event.bounce_class, event.async_bounce, "", 0)
         items = kinds.get(kind) or kinds.setdefault(kind, window_items(*kind))
         group = (ip_id, days.get(at // 900) or day_of(at), provider, items)
         keys = groups.get(group)

@@ -14,7 +14,7 @@ outside this package asks which one it has:
   (`apply.lua`): on a single node one call for the whole batch, atomic, with the batch's message
   references and the request's rate-limit window in the same round trip; on a cluster one call per
   slot. An index set lists the IP-days that hold counts, so consolidation never has to SCAN. The
-  throttling window counters of an IP-day (per provider and 5-minute bucket: attempts and throttling
+  throttling window counters of an IP-day (per provider and 5-minute bucket: deferrals and throttling
   deferrals, `interface.BUCKET_SECONDS`) go in the same call to its window hashes, one per hour of
   buckets (``...}:w<hour>``, same slot), which expire three hours after their last write and are listed,
   when they hold a throttling deferral, in a sorted set scored by their latest bucket (``wp:index:windows``).
@@ -42,7 +42,7 @@ from .interface import (
     COUNTERS,
     PROVIDERS,
     THROTTLING_COUNTERS,
-    WINDOW_ATTEMPTS,
+    WINDOW_DEFERRALS,
     WINDOW_PREFIX,
     WINDOW_RATE_LIMITED,
     WINDOW_REPUTATION,
@@ -82,7 +82,7 @@ __all__ = [
     "BUCKET_SECONDS",
     "COUNTERS",
     "THROTTLING_COUNTERS",
-    "WINDOW_ATTEMPTS",
+    "WINDOW_DEFERRALS",
     "WINDOW_PREFIX",
     "WINDOW_RATE_LIMITED",
     "WINDOW_REPUTATION",

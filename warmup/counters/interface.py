@@ -17,22 +17,23 @@ _COUNTER_SET = frozenset(COUNTERS)
 _PROVIDER_SET = frozenset(PROVIDERS)
 
 # --- Throttling windows ------------------------------------------------------------------------------
-# Besides its day's counters, an event adds to its IP's short-lived window counters: per provider and
-# BUCKET_SECONDS bucket of its time, the attempts (events that count sent or deferred) and the throttling
-# deferrals by classification, so that the share of throttling replies over the last hour can be read
-# (`warmup.throttling`). They travel in the same counting call as the day's counters, as counters named
-# "@<kind><bucket>" ("@a5891234": attempts of the bucket starting at 5891234 * 300 s), and never reach
+# Besides its day's counters, a deferral adds to its IP's short-lived window counters: per provider and
+# BUCKET_SECONDS bucket of its time, the deferrals and, by classification, the throttling ones, so that the
+# share of throttling replies among the last hour's deferrals can be read (`warmup.throttling`). Only
+# deferrals: a delivery adds nothing there, so the hot path's groups are not split by bucket. They travel in
+# the same counting call as the day's counters, as counters named "@<kind><bucket>" ("@d5891234":
+# deferrals of the bucket starting at 5891234 * 300 s), and never reach
 # `DailyStat`: Redis keeps them in a hash of their own that expires by itself, the database backend in
 # `CounterCell` rows that consolidation leaves alone and retention prunes.
 BUCKET_SECONDS = 300
 WINDOW_PREFIX = "@"
-WINDOW_ATTEMPTS = "@a"
+WINDOW_DEFERRALS = "@d"
 WINDOW_RATE_LIMITED = "@r"
 WINDOW_REPUTATION = "@p"
-WINDOW_KINDS = {WINDOW_ATTEMPTS: "attempts", WINDOW_RATE_LIMITED: "rate_limited", WINDOW_REPUTATION: "reputation"}
+WINDOW_KINDS = {WINDOW_DEFERRALS: "deferrals", WINDOW_RATE_LIMITED: "rate_limited", WINDOW_REPUTATION: "reputation"}
 # A throttling classification (webhooks' `DeferralRule.Classification`) -> its window counter.
 THROTTLING_COUNTERS = {"rate_limited": WINDOW_RATE_LIMITED, "reputation": WINDOW_REPUTATION}
-_WINDOW_COUNTER = re.compile(r"@[arp][0-9]{1,12}")
+_WINDOW_COUNTER = re.compile(r"@[dpr][0-9]{1,12}")
 
 
 def bucket_of(seconds: int) -> int:
@@ -41,7 +42,7 @@ def bucket_of(seconds: int) -> int:
 
 
 def window_counter(kind: str, bucket: int) -> str:
-    """The counter name of a window kind (WINDOW_ATTEMPTS ...) in a bucket: "@a5891234"."""
+    """The counter name of a window kind (WINDOW_DEFERRALS ...) in a bucket: "@d5891234"."""
     return f"{kind}{bucket}"
 
 
@@ -60,7 +61,7 @@ def parse_window_field(field: str) -> tuple[str, int, str] | None:
 class WindowFigures:
     """One IP and provider over a window of buckets."""
 
-    attempts: int = 0
+    deferrals: int = 0
     rate_limited: int = 0
     reputation: int = 0
 
