@@ -357,3 +357,40 @@ def test_the_tick_query_count_with_provider_data_does_not_grow_with_the_plans(dj
         assert Alert.objects.filter(tenant=tenant, kind=Alert.Kind.PROVIDER_PAUSED).count() == len(range(0, n, 3))
         counts.append(len(queries))
     assert counts[0] == counts[1]
+
+
+@pytest.mark.django_db
+def test_a_microsoft_pause_decided_by_the_tick_reaches_both_mta_configurations():
+    """Issue acceptance, end to end: only Microsoft bounces at 8%; the tick pauses it for the IP; the
+    generated PowerMTA and KumoMTA configurations hold Microsoft at 0 and Gmail at its share."""
+    from warmup.kumomta_config import generate_kumomta_config
+    from warmup.mta_config import generate_pmta_config
+
+    from .test_kumomta_config import sources
+    from .test_mta_config_providers import parse_domain_caps
+
+    plan = warming()
+    send(plan, day_n(1), MICROSOFT_BOUNCING)
+    send(plan, day_n(2), MICROSOFT_BOUNCING)
+    tick_on(day_n(3))
+    plan.refresh_from_db()
+    assert plan.status == "warming"
+    vmta = plan.ip.mta_name
+
+    with time_machine.travel(at(day_n(3), 2), tick=False):
+        pmta = parse_domain_caps(generate_pmta_config(plan.ip.tenant))[vmta]
+        kumo = sources(generate_kumomta_config(plan.ip.tenant))
+
+    # The week-2 quota of 200: Gmail's 40% is 80 a day, ceil(80 / 24) = 4 an hour.
+    assert pmta["*"] == "9/h"
+    assert {pmta[domain] for domain in ("gmail.com", "googlemail.com")} == {"4/h"}
+    assert {pmta[domain] for domain in ("outlook.com", "hotmail.com", "live.com")} == {"0"}
+    assert kumo["gmail.com"][vmta]["max_message_rate"] == "4/h"
+    # KumoMTA refuses a rate of 0: the suspended pair gets its smallest rate and no selection of the source.
+    assert kumo["outlook.com"][vmta] == {"max_message_rate": "1/d", "source_selection_rate": "1/d"}
+
+    # Once the 48 hours are over, Microsoft is back at its share in both.
+    with time_machine.travel(at(day_n(5), 2), tick=False):
+        pmta = parse_domain_caps(generate_pmta_config(plan.ip.tenant))[vmta]
+        kumo = sources(generate_kumomta_config(plan.ip.tenant))
+    assert pmta["outlook.com"] != "0" and kumo["outlook.com"][vmta]["max_message_rate"].endswith("/h")
