@@ -116,6 +116,26 @@ class TenantScopedAdmin(admin.ModelAdmin):
         return super().formfield_for_manytomany(db_field, request, **self._scoped_choices(db_field, request, kwargs))
 
 
+class SuperuserOnlyAdmin(admin.ModelAdmin):
+    """A ModelAdmin for what spans tenants (MTA sources, the deferral rules): superusers only, members do not
+    even see it in the index."""
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_add_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return request.user.is_superuser
+
+
 class TenantScopedInline:
     """The inline counterpart of `TenantScopedAdmin` (mix in before TabularInline/StackedInline)."""
 
@@ -295,7 +315,7 @@ class TenantAdmin(TenantScopedAdmin):
 
 
 @admin.register(MTASource)
-class MTASourceAdmin(admin.ModelAdmin):
+class MTASourceAdmin(SuperuserOnlyAdmin):
     """Installation-level senders (one MTA posting for several tenants): superusers only."""
 
     list_display = ("name", "home_tenant", "tenant_list", "active_tokens")
@@ -323,21 +343,6 @@ class MTASourceAdmin(admin.ModelAdmin):
     @admin.display(description="active tokens", ordering="n_tokens")
     def active_tokens(self, obj) -> int:
         return obj.n_tokens
-
-    def has_module_permission(self, request) -> bool:
-        return request.user.is_superuser
-
-    def has_view_permission(self, request, obj=None) -> bool:
-        return request.user.is_superuser
-
-    def has_add_permission(self, request) -> bool:
-        return request.user.is_superuser
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return request.user.is_superuser
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return request.user.is_superuser
 
     @admin.action(description="Rotate the webhook token (revoke the others)", permissions=["change"])
     def rotate_webhook_token(self, request, queryset):

@@ -262,13 +262,7 @@ class PmtaConfigView(APIView):
         },
     )
     def get(self, request: Request) -> HttpResponse:
-        query = _query(PmtaConfigQuerySerializer, request)
-        tenant = permissions.tenant_from_query(request.user, query.get("tenant"), required=True)
-        try:
-            text = generate_pmta_config(tenant)
-        except DryRunActive as exc:
-            raise Conflict(str(exc)) from None
-        return HttpResponse(text, content_type="text/plain; charset=utf-8")
+        return _mta_config(request, generate_pmta_config)
 
 
 class KumomtaConfigView(APIView):
@@ -292,10 +286,15 @@ class KumomtaConfigView(APIView):
         },
     )
     def get(self, request: Request) -> HttpResponse:
-        query = _query(PmtaConfigQuerySerializer, request)
-        tenant = permissions.tenant_from_query(request.user, query.get("tenant"), required=True)
-        try:
-            text = generate_kumomta_config(tenant)
-        except DryRunActive as exc:
-            raise Conflict(str(exc)) from None
-        return HttpResponse(text, content_type="text/plain; charset=utf-8")
+        return _mta_config(request, generate_kumomta_config)
+
+
+def _mta_config(request: Request, generate) -> HttpResponse:
+    """A generated MTA configuration of the tenant the query names, as text (409 in dry run)."""
+    query = _query(PmtaConfigQuerySerializer, request)
+    tenant = permissions.tenant_from_query(request.user, query.get("tenant"), required=True)
+    try:
+        text = generate(tenant)
+    except DryRunActive as exc:
+        raise Conflict(str(exc)) from None
+    return HttpResponse(text, content_type="text/plain; charset=utf-8")

@@ -13,7 +13,7 @@ from django.contrib import admin, messages
 from django.utils.html import format_html
 from django.utils.translation import ngettext
 
-from domains.admin import LargeTablePaginator, TenantListFilter, TenantScopedAdmin
+from domains.admin import LargeTablePaginator, SuperuserOnlyAdmin, TenantListFilter, TenantScopedAdmin
 
 from .models import DeadLetter, DeferralRule
 
@@ -98,7 +98,7 @@ class DeadLetterAdmin(TenantScopedAdmin):
 
 
 @admin.register(DeferralRule)
-class DeferralRuleAdmin(admin.ModelAdmin):
+class DeferralRuleAdmin(SuperuserOnlyAdmin):
     """The whole table on one page, edited in place: a few dozen rules at most. The rules classify every
     tenant's deferrals, so, like MTA sources, they are the installation's: superusers only."""
 
@@ -109,21 +109,6 @@ class DeferralRuleAdmin(admin.ModelAdmin):
     search_fields = ("pattern", "note")
     list_per_page = 200
     fields = ("order", "provider", "pattern", "classification", "enabled", "note")
-
-    def has_module_permission(self, request) -> bool:
-        return request.user.is_superuser
-
-    def has_view_permission(self, request, obj=None) -> bool:
-        return request.user.is_superuser
-
-    def has_add_permission(self, request) -> bool:
-        return request.user.is_superuser
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return request.user.is_superuser
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return request.user.is_superuser
 
     @admin.display(description="note")
     def short_note(self, rule) -> str:

@@ -27,12 +27,15 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-class Command(BaseCommand):
-    help = (
-        "Print (or write to --output) the PowerMTA configuration of a tenant for today's quotas: a "
-        "virtual-mta per IP, hourly caps for warming IPs, a virtual-mta-pool per domain. Include the file "
-        "from PowerMTA's config and run `pmta reload`."
-    )
+class ConfigCommand(BaseCommand):
+    """A command that prints or writes one tenant's generated MTA configuration (`generate` and `mta` are set
+    by each command)."""
+
+    mta = ""
+
+    @staticmethod
+    def generate(tenant) -> str:
+        raise NotImplementedError
 
     def add_arguments(self, parser):
         parser.add_argument("--tenant", required=True, metavar="T", help="Tenant slug or id.")
@@ -44,7 +47,7 @@ class Command(BaseCommand):
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
         try:
-            text = generate_pmta_config(tenant)
+            text = self.generate(tenant)
         except DryRunActive as exc:
             raise CommandError(str(exc)) from None
         if not options["output"]:
@@ -58,5 +61,18 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"Cannot write {path}: {exc.strerror}.") from None
         if options["verbosity"] > 0:
-            written = f"PowerMTA configuration of {tenant.slug} written to {path} (content hash {config_hash(text)})."
+            written = f"{self.mta} configuration of {tenant.slug} written to {path} (content hash {config_hash(text)})."
             self.stdout.write(self.style.SUCCESS(written))
+
+
+class Command(ConfigCommand):
+    help = (
+        "Print (or write to --output) the PowerMTA configuration of a tenant for today's quotas: a "
+        "virtual-mta per IP, hourly caps for warming IPs, a virtual-mta-pool per domain. Include the file "
+        "from PowerMTA's config and run `pmta reload`."
+    )
+    mta = "PowerMTA"
+
+    @staticmethod
+    def generate(tenant) -> str:
+        return generate_pmta_config(tenant)
