@@ -139,8 +139,8 @@ def test_prune_deletes_only_expired_data(db, settings):
     ConsolidationBatch.objects.filter(batch_id="old").update(consolidated_at=NOW - timedelta(days=31))
     ConsolidationBatch.objects.create(batch_id="recent")
     # Throttling window counters of the database store: kept two days, whatever consolidation did.
-    CounterCell.objects.create(ip=ip, date=NOW.date() - timedelta(days=3), field="@a6000000:gmail", value=4)
-    CounterCell.objects.create(ip=ip, date=NOW.date() - timedelta(days=1), field="@a6000001:gmail", value=2)
+    CounterCell.objects.create(ip=ip, date=NOW.date() - timedelta(days=3), field="@d6000000:gmail", value=4)
+    CounterCell.objects.create(ip=ip, date=NOW.date() - timedelta(days=1), field="@d6000001:gmail", value=2)
     CounterCell.objects.create(ip=ip, date=NOW.date() - timedelta(days=3), field="sent:gmail", value=9)
 
     deleted = tasks.prune_warmup_data_task()
@@ -148,7 +148,7 @@ def test_prune_deletes_only_expired_data(db, settings):
     assert prune_dead_letters_task() == {"dead_letters": 1}
 
     assert deleted == {"dedup_keys": 1, "consolidation_batches": 1, "message_refs": 1, "window_counters": 1}
-    assert sorted(CounterCell.objects.values_list("field", flat=True)) == ["@a6000001:gmail", "sent:gmail"]
+    assert sorted(CounterCell.objects.values_list("field", flat=True)) == ["@d6000001:gmail", "sent:gmail"]
     assert list(CounterDedupKey.objects.values_list("key", flat=True)) == ["live"]
     assert list(MessageRef.objects.values_list("ref", flat=True)) == ["<live@x>"]
     assert DeadLetter.objects.count() == 1

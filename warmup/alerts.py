@@ -40,10 +40,10 @@ ICONS = {
     Alert.Kind.CONSOLIDATION_FAILED: "❌",
     Alert.Kind.UNATTRIBUTED_SPIKE: "❓",
     Alert.Kind.QUOTA_OVERRUN: "🚦",
+    Alert.Kind.PROVIDER_PAUSED: "⏸",
     Alert.Kind.PROVIDER_SUSPENDED: "🐢",
     Alert.Kind.PROVIDER_RESUMED: "▶",
     Alert.Kind.MANUAL: "✋",
-    Alert.Kind.PROVIDER_PAUSED: "⏸",
 }
 
 

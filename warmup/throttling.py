@@ -29,6 +29,7 @@ from domains.models import IP
 from . import alerts
 from .counters import BUCKET_SECONDS, WindowFigures, bucket_of, get_store
 from .models import Alert, AuditEvent, ProviderSuspension, WarmupPlan
+from .monitoring import plan_of
 
 WINDOW_MINUTES = 60
 
@@ -127,7 +128,7 @@ def suspend_throttled(now: datetime) -> list[ProviderSuspension]:
             )
             created.append(suspension)
             message = alerts.provider_suspended_message(ip, provider=provider, figures=numbers, until=ends_at)
-            plan = _plan_of(ip)
+            plan = plan_of(ip)
             if plan is not None:
                 events.append(
                     _event(plan, AuditEvent.Kind.PROVIDER_SUSPENDED, now, ip, numbers | {"provider": provider}, message)
@@ -173,20 +174,13 @@ def lift_ended(now: datetime) -> list[ProviderSuspension]:
             message = alerts.provider_resumed_message(
                 ip, provider=provider, reason=suspension.get_reason_display().lower(), since=suspension.starts_at
             )
-            plan = _plan_of(ip)
+            plan = plan_of(ip)
             if plan is not None:
                 events.append(_event(plan, AuditEvent.Kind.PROVIDER_RESUMED, now, ip, numbers, message))
             specs.append(_alert(Alert.Kind.PROVIDER_RESUMED, ip, message, numbers, now))
         AuditEvent.objects.bulk_create(events)
         alerts.raise_alerts(specs)
     return due
-
-
-def _plan_of(ip: IP) -> WarmupPlan | None:
-    try:
-        return ip.plan
-    except WarmupPlan.DoesNotExist:
-        return None
 
 
 def _event(plan: WarmupPlan, kind: str, now: datetime, ip: IP, figures: dict, reason: str) -> AuditEvent:

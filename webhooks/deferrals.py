@@ -2,9 +2,9 @@
 
 Owns `classify()`, which the ingestion pipeline calls once per deferred event that carries a reply, with
 the enabled `DeferralRule` of the lowest order that matches (the event's provider or any). The rules are
-read through a per-process cache that lives TTL_SECONDS, like `webhooks.cache`: in the steady state
-ingestion makes no query for them. A save or delete of a rule clears the cache at once in the process
-that made it (the admin); other processes see the change within TTL_SECONDS.
+read through a per-process cache that lives TTL_SECONDS (cachetools' TTLCache, as in `webhooks.cache`):
+in the steady state ingestion makes no query for them. A save or delete of a rule clears the cache at once
+in the process that made it (the admin); other processes see the change within TTL_SECONDS.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from cachetools import TTLCache, cached
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 
@@ -31,8 +32,8 @@ OTHER = DeferralRule.Classification.OTHER.value
 THROTTLING = frozenset({RATE_LIMITED, REPUTATION})
 
 _clock = time.monotonic  # replaced by tests to age the cache
-_lock = threading.Lock()
-_cached: tuple[float, tuple[CompiledRule, ...]] | None = None
+_lock = threading.Lock()  # TTLCache is not thread-safe; gunicorn's gthread workers share a process
+_rules: TTLCache = TTLCache(maxsize=1, ttl=TTL_SECONDS, timer=lambda: _clock())
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +43,9 @@ class CompiledRule:
     classification: str
 
 
+@cached(_rules, lock=_lock)
 def rules() -> tuple[CompiledRule, ...]:
     """The enabled rules in the order they are tried, from the cache while it lives (one query otherwise)."""
-    global _cached
-    now = _clock()
-    with _lock:
-        cached = _cached
-    if cached is not None and now - cached[0] < TTL_SECONDS:
-        return cached[1]
     compiled = []
     for provider, pattern, classification in DeferralRule.objects.filter(enabled=True).values_list(
         "provider", "pattern", "classification"
@@ -60,10 +56,7 @@ def rules() -> tuple[CompiledRule, ...]:
             logger.warning("Deferral rule pattern %r is not a regular expression; skipped", pattern)
             continue
         compiled.append(CompiledRule(provider, regex, classification))
-    loaded = tuple(compiled)
-    with _lock:
-        _cached = (now, loaded)
-    return loaded
+    return tuple(compiled)
 
 
 def classify(provider: str, reply: str) -> str:
@@ -91,9 +84,8 @@ class Classifier:
 
 def invalidate() -> None:
     """Forget the cached rules of this process."""
-    global _cached
     with _lock:
-        _cached = None
+        _rules.clear()
 
 
 def _changed(sender, instance, using, **kwargs) -> None:

@@ -26,7 +26,7 @@
 -- duplicates. A single key needs the SADD alone. The set's expiry is renewed with each batch, so a key
 -- is remembered at least the TTL. Each field of an IP-day gets one HINCRBY per batch (Lua numbers are
 -- doubles: exact below 2^53), and the IP-days counted go to the index in one SADD.
--- A field whose name starts with "@" is a window counter ("@a<bucket>:<provider>"): it goes to the window
+-- A field whose name starts with "@" is a window counter ("@d<bucket>:<provider>"): it goes to the window
 -- hash of its IP-day and hour (bucket // buckets per hash), which expires by itself, instead of the
 -- counts hash, which consolidation reads.
 -- The window is counted first (INCR; its first hit sets its expiry): over its limit, nothing else is done.

@@ -1,6 +1,6 @@
 """The database counter store (the embedded default): `CounterCell` and `CounterDedupKey` rows.
 
-The throttling window counters ("@a<bucket>:<provider>" ...) are `CounterCell` rows too, on the event's
+The throttling window counters ("@d<bucket>:<provider>" ...) are `CounterCell` rows too, on the event's
 day; consolidation leaves them alone and retention deletes them once their day is WINDOW_RETENTION_DAYS
 old (`warmup.retention`).
 """
