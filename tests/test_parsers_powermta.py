@@ -1,12 +1,25 @@
 """PowerMTA accounting parser: record types, time forms, bounce classes, CSV quirks, JSON and NDJSON."""
 
+import csv
+import io
 import json
+import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from webhooks.events import BounceClass, EventType
 from webhooks.parsers import UnparseableBody
-from webhooks.parsers.powermta import iter_csv_batches, normalise_record, parse_body
+from webhooks.parsers.powermta import (
+    arrow_columns,
+    csv_lines,
+    iter_csv_batches,
+    normalise_record,
+    parse_body,
+    parse_csv,
+    read_layout,
+)
 
 HEADER = "type,timeLogged,timeQueued,rcpt,dsnStatus,bounceCat,dlvSourceIp,vmta,header_Message-Id\n"
 
@@ -207,3 +220,104 @@ def test_keys_identify_events_not_messages():
     assert len({first.key, retry.key, delivered.key}) == 3
     again = parse_body(csv_body("t,1798016430,1798016400,a@gmail.com,4.2.1,,45.123.10.1,,<m1@x>")).events[0]
     assert again.key == first.key
+
+
+# --- The two readers of a CSV body --------------------------------------------------------------------
+
+_CELL = st.text(alphabet=st.sampled_from('ab1@. ,"\t\n;<>é'), max_size=8)
+
+
+def _read_both(text: str):
+    """The batch of a body read by Arrow (None when Arrow does not take it) and by csv.reader."""
+    layout = read_layout(csv.reader(io.StringIO(text, newline="")))
+    arrow = parse_csv(text, text.encode()) if arrow_columns(text.encode(), layout) is not None else None
+    (by_csv,) = iter_csv_batches(csv_lines(text), batch_size=sys.maxsize) or [None]
+    return arrow, by_csv
+
+
+def _outcome(batch):
+    events = [
+        (e.type, e.occurred_at, e.key, e.ip, e.source_name, e.message_refs, e.recipient_domain, e.bounce_class,
+         e.record, e.smtp_reply, batch.raw_json(e.raw))
+        for e in batch.events
+    ]  # fmt: skip
+    return events, [(r.record, r.error, r.raw) for r in batch.rejected], batch.ignored, batch.records
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.sampled_from(["d", "b", "t", "f", "rb", "r", "x", " d", '"d"']),
+            st.sampled_from(["1798016412", "2026-12-04 10:11:12+0000", "", "x", "01798016412"]),
+            _CELL,
+            st.sampled_from(["45.123.10.1", " 45.123.10.1", "", "10.0.0.300"]),
+            _CELL,
+            _CELL,
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    quote=st.lists(st.booleans(), min_size=6, max_size=6),
+)
+def test_arrow_and_csv_reader_read_a_body_alike(rows, quote):
+    """Whatever the quoting, a body Arrow takes gives the events, rejections and raw records csv.reader's gives."""
+
+    def cell(value: str, quoted: bool) -> str:
+        if quoted or any(c in value for c in ',"\n'):
+            return '"' + value.replace('"', '""') + '"'
+        return value
+
+    header = "type,timeLogged,rcpt,dlvSourceIp,dsnDiag,header_Message-Id\n"
+    text = header + "".join(",".join(cell(v, q) for v, q in zip(row, quote, strict=True)) + "\n" for row in rows)
+    arrow, by_csv = _read_both(text)
+    if arrow is not None:
+        assert _outcome(arrow) == _outcome(by_csv)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        'd,1798016412,a"b@gmail.com,45.123.10.1,"smtp;421 a, ""b""",<m@x>',  # a stray and doubled quotes
+        'd,1798016412,"a"b@gmail.com,45.123.10.1,x"",<m@x>',  # text after a closing quote, a trailing pair
+        'd,1798016412, "a@gmail.com",45.123.10.1,"",""',  # a space before a quote, empty quoted fields
+        'd,1798016412,a@gmail.com,45.123.10.1,"é ; \t",<m@x>',
+    ],
+)
+def test_arrow_reads_odd_quoting_as_csv_reader_does(line):
+    text = "type,timeLogged,rcpt,dlvSourceIp,dsnDiag,header_Message-Id\n" + line + "\n"
+    arrow, by_csv = _read_both(text)
+    assert arrow is not None  # Arrow takes these bodies
+    assert _outcome(arrow) == _outcome(by_csv)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"type,timeLogged,dlvSourceIp\nd,1798016412,45.123.10.1\r\nd,1798016413,45.123.10.1\r\n",  # CR
+        b"type,timeLogged,dlvSourceIp\nd,1798016412,45.123.10.1\n\nd,1798016413,45.123.10.1\n",  # a blank line
+        b"type,timeLogged,dlvSourceIp\nd,1798016412\nd,1798016413,45.123.10.1,extra\n",  # rows of other widths
+        b'type,timeLogged,dsnDiag,dlvSourceIp\nd,1798016412,"two\nlines",45.123.10.1\n',  # a record over two lines
+        b"type,timeLogged,dlvSourceIp\nd,1798016412,45.123.10.1\xff\n",  # not UTF-8
+        b"type,timeLogged,dlvSourceIp\nd,1798016412,45.123.10.1\x00\n",  # NUL
+        b'"type",timeLogged,\n"dlvSourceIp"\nd,1798016412,45.123.10.1\n',  # a header over two lines
+    ],
+)
+def test_bodies_arrow_might_read_otherwise_go_to_csv_reader(body):
+    text = body.decode("utf-8", "replace")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    layout = read_layout(reader)
+    assert reader.line_num > 1 or arrow_columns(body, layout) is None
+    by_csv = next(iter_csv_batches(csv_lines(text), batch_size=sys.maxsize), None)
+    assert _outcome(parse_body(body, "text/csv")) == _outcome(by_csv)
+
+
+def test_a_long_line_goes_to_csv_reader_and_a_long_body_of_short_lines_to_arrow():
+    line = "d,1798016412,a@gmail.com,45.123.10.1\n"
+    header = "type,timeLogged,rcpt,dlvSourceIp\n"
+    layout = read_layout(csv.reader([header]))
+    many = (header + line * 10_000).encode()  # 380 KB, over the csv module's field size limit
+    assert len(many) > csv.field_size_limit() and arrow_columns(many, layout) is not None
+    assert len(parse_body(many, "text/csv").events) == 10_000
+    long_line = (header + line.replace("a@", "a" * (csv.field_size_limit() + 1) + "@")).encode()
+    assert arrow_columns(long_line, layout) is None

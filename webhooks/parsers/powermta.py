@@ -7,8 +7,8 @@ The event time is `timeLogged`, else `timeQueued`. Columns are found by name (op
 fields and their order); field names are matched without regard to case; a repeated column name keeps
 its first occurrence.
 
-This is the hot path of ingestion: the CSV loop indexes rows by column position (csv.reader, not
-DictReader) and does no per-record regex.
+This is the hot path of ingestion: a body's fields are read by Apache Arrow's CSV reader where it
+reads them as the csv module would (else by csv.reader), by column position, with no per-record regex.
 """
 
 from __future__ import annotations
@@ -18,8 +18,11 @@ import io
 import itertools
 import operator
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+import pyarrow
+from pyarrow import csv as arrow_csv
 
 from webhooks.events import (
     REF_STRIP,
@@ -210,54 +213,72 @@ class CsvLayout:
         return {name: row[position] if position < len(row) else "" for name, position in self.columns}
 
 
+# A record's `values` (the FIELDS), its `raw` (see `_new_batch`) and its number; `values` is None for a
+# row the csv module refuses, `raw` then the reason.
+Record = tuple[tuple[str, ...] | None, Any, int]
+
+
 def iter_csv_batches(lines: Iterable[str], batch_size: int = CSV_BATCH_SIZE) -> Iterator[Batch]:
     """Batches of at most `batch_size` records from CSV lines (a header line first), in constant memory.
 
     When `lines` is a list (a whole body), an event's `raw` is the index of its record's first line
     rather than the row, which the batch reads again only for a dead letter: the rows then die as soon
-    as their event is built, and the garbage collector has a third of the objects to visit.
+    as their event is built.
     """
     indexed = isinstance(lines, list)
     reader = csv.reader(lines)
     layout = read_layout(reader)
+    records = _csv_records(reader, layout, indexed)
+    while True:
+        batch = _fill(_new_batch(layout, lines if indexed else None), itertools.islice(records, batch_size))
+        if not batch.records:
+            return
+        yield batch
+
+
+def _csv_records(reader, layout: CsvLayout, indexed: bool) -> Iterator[Record]:
+    """The records of a csv.reader past the header line: blank rows skipped, short rows padded."""
     width, sentinel, pick = layout.width, layout.sentinel, layout.pick
     number = 0
     while True:
-        batch = _new_batch(layout, lines if indexed else None)
-        append = batch.events.append
-        records = 0
-        while records < batch_size:
-            first_line = reader.line_num  # lines read so far: the index of the next record's first line
-            try:
-                row = next(reader)
-            except StopIteration:
-                if records:
-                    batch.records = records
-                    yield batch
-                return
-            except csv.Error as exc:
-                number += 1
-                records += 1
-                batch.rejected.append(Rejection(number, f"malformed CSV: {exc}", {"line": reader.line_num}))
-                continue
-            if not row:
-                continue  # a blank line is not a record
+        first_line = reader.line_num  # lines read so far: the index of the next record's first line
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
             number += 1
-            records += 1
-            if len(row) < width:
-                row.extend([""] * (width - len(row)))
-            if sentinel:
-                row.append("")
-            try:
-                append(_event(pick(row), first_line if indexed else row, number))
-            except Ignored:
-                batch.ignored += 1
-            except InvalidRecord as exc:
-                batch.rejected.append(Rejection(number, str(exc), layout.as_dict(row)))
-            except (ValueError, TypeError, OverflowError) as exc:
-                batch.rejected.append(Rejection(number, f"unreadable record ({exc})", layout.as_dict(row)))
-        batch.records = records
-        yield batch
+            yield None, (f"malformed CSV: {exc}", {"line": reader.line_num}), number
+            continue
+        if not row:
+            continue  # a blank line is not a record
+        number += 1
+        if len(row) < width:
+            row.extend([""] * (width - len(row)))
+        if sentinel:
+            row.append("")
+        yield pick(row), first_line if indexed else row, number
+
+
+def _fill(batch: Batch, records: Iterable[Record]) -> Batch:
+    """The batch's events, ignored and rejected records, from `records`."""
+    append, rejected = batch.events.append, batch.rejected
+    count = 0
+    for values, raw, number in records:
+        count += 1
+        try:
+            if values is None:
+                rejected.append(Rejection(number, *raw))
+                continue
+            append(_event(values, raw, number))
+        except Ignored:
+            batch.ignored += 1
+        except InvalidRecord as exc:
+            rejected.append(Rejection(number, str(exc), batch.raw_json(raw)))
+        except (ValueError, TypeError, OverflowError) as exc:
+            rejected.append(Rejection(number, f"unreadable record ({exc})", batch.raw_json(raw)))
+    batch.records = count
+    return batch
 
 
 def read_layout(reader) -> CsvLayout:
@@ -270,12 +291,18 @@ def read_layout(reader) -> CsvLayout:
     return CsvLayout(header)
 
 
-def _new_batch(layout: CsvLayout, lines: list[str] | None) -> Batch:
+def _new_batch(layout: CsvLayout, lines: list[str] | Callable[[], list[str]] | None) -> Batch:
+    """An empty batch whose `raw_json` turns an event's `raw` into its record as a header-to-value object:
+    `raw` is the row itself, or the index of the record's first line in `lines` (a list, or a function
+    that reads them when a record is first needed)."""
     batch = Batch(SOURCE)
+    read: list[list[str]] = []
 
     def raw_json(raw: Any) -> Any:
         if lines is not None and type(raw) is int:  # the index of the record's first line
-            raw = next(csv.reader(itertools.islice(lines, raw, None)))
+            if not read:
+                read.append(lines() if callable(lines) else lines)
+            raw = next(csv.reader(itertools.islice(read[0], raw, None)))
         return layout.as_dict(raw) if isinstance(raw, list) else raw
 
     batch.raw_json = raw_json
@@ -297,12 +324,76 @@ def csv_lines(text: str) -> list[str]:
     return io.StringIO(text, newline="").readlines()
 
 
-def parse_csv(text: str) -> Batch:
-    """A whole CSV body as one batch."""
-    lines = csv_lines(text)
-    for batch in iter_csv_batches(lines, batch_size=sys.maxsize):
-        return batch
-    return Batch(SOURCE)  # a header line and no record
+def parse_csv(text: str, data: bytes | None = None) -> Batch:
+    """A whole CSV body as one batch; `data`: the bytes `text` was decoded from, when it was.
+
+    The fields come from Apache Arrow's CSV reader (`arrow_columns`, in C) when it reads the body as the
+    csv module does; any other body is read by csv.reader. Both give `_event` the same fields.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    layout = read_layout(reader)
+    columns = None
+    if reader.line_num == 1:
+        if data is None:
+            try:
+                data = text.encode()
+            except UnicodeEncodeError:  # a lone surrogate
+                data = b""
+        columns = arrow_columns(data, layout)
+    if columns is None:
+        for batch in iter_csv_batches(csv_lines(text), batch_size=sys.maxsize):
+            return batch
+        return Batch(SOURCE)  # a header line and no record
+    # One line per record after a one-line header: record n is line n, its own `raw`.
+    batch = _new_batch(layout, lambda: csv_lines(text))
+    return _fill(batch, zip(zip(*columns, strict=True), itertools.count(1), itertools.count(1)))
+
+
+def arrow_columns(data: bytes, layout: CsvLayout) -> list[list[str]] | None:
+    """The FIELDS of every record past the header line, column by column, from Arrow's CSV reader; None
+    when it might read the body otherwise than csv.reader reads its decoding. That is, unless `data` is
+    valid UTF-8 with one line per record after a one-line header, rows as wide as the header, no line
+    longer than the csv module's field size limit, and no NUL or carriage return (the csv module reads
+    those its own way). For such a body both give the same fields, quoted commas, doubled and stray
+    quotes alike (`tests/test_parsers_powermta.py` compares them on generated lines)."""
+    if not data or b"\r" in data or b"\x00" in data:
+        return None
+    if not _lines_within(data, csv.field_size_limit()):
+        return None
+    names = [f"c{position}" for position in range(layout.width)]
+    wanted = sorted({position for position in layout.positions if position >= 0})
+    odd: list = []  # rows whose width is not the header's
+    try:
+        table = arrow_csv.read_csv(
+            pyarrow.py_buffer(data),
+            read_options=arrow_csv.ReadOptions(use_threads=False, skip_rows=1, column_names=names),
+            parse_options=arrow_csv.ParseOptions(
+                newlines_in_values=True, invalid_row_handler=lambda row: odd.append(row) or "skip"
+            ),
+            convert_options=arrow_csv.ConvertOptions(
+                include_columns=[names[position] for position in wanted],
+                column_types={names[position]: pyarrow.string() for position in wanted},
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
+    except (pyarrow.ArrowException, ValueError):  # invalid UTF-8, an unterminated quote, no record ...
+        return None
+    # As many records as lines after the header: no blank line, no record over several lines.
+    if odd or table.num_rows != data.count(b"\n") - data.endswith(b"\n"):
+        return None
+    by_position = {position: table.column(names[position]).to_pylist() for position in wanted}
+    empty = [""] * table.num_rows
+    return [by_position[position] if position >= 0 else empty for position in layout.positions]
+
+
+def _lines_within(data: bytes, limit: int) -> bool:
+    """Whether no line of `data` is longer than `limit` bytes. Every aligned stretch of limit // 2 bytes
+    holding a newline is enough (a longer line would hold a whole stretch), and takes a few searches."""
+    half = limit // 2
+    if all(data.find(b"\n", start, start + half) >= 0 for start in range(0, len(data) - half + 1, half)):
+        return True
+    return max(map(len, data.split(b"\n"))) <= limit
 
 
 # --- Body dispatch ----------------------------------------------------------------------------------
@@ -314,7 +405,7 @@ NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "applica
 def parse_body(body: bytes, content_type: str = "") -> Batch:
     """A request body: CSV (text/csv), NDJSON (application/x-ndjson) or JSON; sniffed when unlabelled."""
     if is_csv(body, content_type):
-        return parse_csv(decode(body))
+        return parse_csv(decode(body), body)
     if _media_type(content_type) in NDJSON_TYPES:
         return parse_ndjson(body, Batch(SOURCE), normalise_record)
     try:
