@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -128,11 +129,13 @@ def count_items(event_type: str, bounce_class: str = "", async_bounce: bool = Fa
     return _COUNT_ITEMS[(event_type, bounce_class, async_bounce)]
 
 
+@lru_cache(maxsize=4096)
 def window_items(
     event_type: str, bounce_class: str, async_bounce: bool, throttling: str, bucket: int
 ) -> tuple[tuple[str, int], ...]:
     """`count_items` and, for a deferral, its part of its throttling window bucket: a deferral, and a
-    throttling one by classification ("rate_limited", "reputation"; "" for none)."""
+    throttling one by classification ("rate_limited", "reputation"; "" for none). Cached: a batch asks
+    for a few dozen kinds, over and over."""
     # Imported here: the parsers import this module, and the counter store needs the apps loaded.
     from warmup.counters import THROTTLING_COUNTERS, WINDOW_DEFERRALS, window_counter
 

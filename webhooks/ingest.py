@@ -21,6 +21,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 from django.db import transaction
@@ -135,12 +136,11 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
     pending: list[NormalisedEvent] = []
     remember: dict[str, int] = {}  # references to write with the counts: reference -> IP id
     dead = result.dead
-    # What each attributed event adds, grouped: (ip id, day, provider, counts) -> de-duplication keys.
-    groups: dict[GroupKey, list[str | None]] = {}
+    # The attributed events' de-duplication keys, grouped: (ip id, day, provider, kind) -> keys, the kind
+    # being (type, bounce class, asynchronous, throttling classification, window bucket).
+    groups: dict[tuple[int, date, str, Kind], list[str | None]] = {}
     day_of, days = ctx.day_of, ctx.day_of.cached
     provider_of, providers = ctx.provider, ctx.providers
-    # (type, bounce class, asynchronous, throttling classification, window bucket) -> what it adds
-    kinds: dict[tuple[str, str, bool, str, int], tuple[tuple[str, int], ...]] = {}
     classify = Classifier()  # a deferral's reply, once per provider and distinct reply of the batch
 
     def add(event: NormalisedEvent, ip_id: int) -> None:
@@ -152,8 +152,7 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
             kind = (DEFERRED, "", False, classify(provider, reply) if reply else "", at // BUCKET_SECONDS)
         else:
             kind = (event.type, event.bounce_class, event.async_bounce, "", 0)
-        items = kinds.get(kind) or kinds.setdefault(kind, window_items(*kind))
-        groups.setdefault((ip_id, day_of(at), provider, items), []).append(event.key)
+        groups.setdefault((ip_id, day_of(at), provider, kind), []).append(event.key)
         attributed.append(event)
 
     for event in events:
@@ -197,8 +196,7 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
             kind = (DEFERRED, "", False, classify(provider, reply) if reply else "", at // BUCKET_SECONDS)
         else:
             kind = (event.type, event.bounce_class, event.async_bounce, "", 0)
-        items = kinds.get(kind) or kinds.setdefault(kind, window_items(*kind))
-        group = (ip_id, days.get(at // 900) or day_of(at), provider, items)
+        group = (ip_id, days.get(at // 900) or day_of(at), provider, kind)
         keys = groups.get(group)
         if keys is None:
             keys = groups[group] = []
@@ -222,11 +220,27 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
     # and the sender posts the batch again.
     if groups:
         refs = References(tenant_id, remember) if remember else None
-        result.accepted = ctx.store.count_grouped(groups, refs, window)
+        result.accepted = ctx.store.count_grouped(_by_counts(groups), refs, window)
         result.duplicates = len(attributed) - result.accepted
     elif window is not None:
         ctx.store.hit_window(window)  # a request with nothing to count is a request all the same
     return result
+
+
+Kind = tuple[str, str, bool, str, int]
+
+
+def _by_counts(groups: dict[tuple[int, date, str, Kind], list[str | None]]) -> dict[GroupKey, list[str | None]]:
+    """The groups as the counter store takes them: by what their events add (kinds that add the same, a
+    bounce of no class and a soft one, make one group)."""
+    counted: dict[GroupKey, list[str | None]] = {}
+    for (ip_id, day, provider, kind), keys in groups.items():
+        key = (ip_id, day, provider, window_items(*kind))
+        if key in counted:
+            counted[key] += keys
+        else:
+            counted[key] = keys
+    return counted
 
 
 def ingest(ctx: TenantContext, batch: Batch, window: Window | None = None) -> IngestResult:

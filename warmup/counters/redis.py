@@ -13,8 +13,9 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
-from functools import wraps
+from functools import lru_cache, wraps
 from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 
 import redis
@@ -101,6 +102,15 @@ def _members(keys: list[str]) -> tuple[int | list[int], bytes]:
     return lengths, b"".join(members)
 
 
+@lru_cache(maxsize=4096)
+def _kind_of(provider: str, counts: tuple[tuple[str, int], ...]) -> tuple[tuple, tuple, tuple[int, bool] | None]:
+    """What a group of `provider` and `counts` adds: its fields and amounts (checked), as one flat tuple
+    and as pairs, and its window (`_window_of`). Batches repeat a few dozen of these: they are checked and
+    built once per process."""
+    fields = _fields_of(provider, counts)
+    return fields, tuple(zip(fields[::2], fields[1::2], strict=True)), _window_of(counts)
+
+
 def _window_of(counts: tuple[tuple[str, int], ...]) -> tuple[int, bool] | None:
     """(the bucket, whether it holds a throttling deferral) of a group's window counters; None without any.
     A group's window counters are of one bucket: the pipeline groups events by it."""
@@ -109,10 +119,6 @@ def _window_of(counts: tuple[tuple[str, int], ...]) -> tuple[int, bool] | None:
         return None
     throttling = any(name[:2] in (WINDOW_RATE_LIMITED, WINDOW_REPUTATION) for name in names)
     return max(int(name[2:]) for name in names), throttling
-
-
-def _ip_day_of(item: tuple[GroupKey, Sequence[str | None]]) -> tuple[int, date]:
-    return item[0][:2]
 
 
 def day_tag(ip_id: int, day: date) -> str:
@@ -217,7 +223,7 @@ class RedisCounterStore(CounterStore):
     ) -> tuple[list[str], list, tuple]:
         """The keys and arguments of one `_APPLY_LUA` call for `items` (sorted by IP-day), and what
         `_decode_apply` needs to read its reply."""
-        items.sort(key=_ip_day_of)  # the script wants the groups of an IP-day next to each other
+        items.sort(key=itemgetter(0))  # by group key: the script wants the groups of an IP-day together
         keys: list[str] = []
         hashes: dict[tuple[int, date], int] = {}
         adds: list[tuple[str | int, ...]] = []  # what groups add (field, amount ...); groups name it by position
@@ -233,10 +239,9 @@ class RedisCounterStore(CounterStore):
             ip_id, day, provider, counts = key
             kind = kinds.get((provider, counts))
             if kind is None:
-                fields = _fields_of(provider, counts)
+                fields, pairs, window_of = _kind_of(provider, counts)
                 adds.append(fields)
-                kind = kinds[(provider, counts)] = (len(adds), tuple(zip(fields[::2], fields[1::2], strict=True)),
-                                                    _window_of(counts))  # fmt: skip
+                kind = kinds[(provider, counts)] = (len(adds), pairs, window_of)
             adding, pairs, window_of = kind
             position = hashes.get((ip_id, day))
             if position is None:
