@@ -216,7 +216,7 @@ def test_the_third_provider_pause_within_14_days_pauses_the_ip(settings):
     assert paused.figures["provider_pauses_before_ip_pause"] == 3
     assert paused.figures["escalation_days"] == 14
     assert paused.reason == (
-        "3 provider pauses in 14 days (microsoft 2027-01-05, microsoft 2027-01-07, microsoft 2027-01-09)"
+        "3 provider pauses in 14 days (Microsoft 2027-01-05, Microsoft 2027-01-07, Microsoft 2027-01-09)"
     )
     kinds = list(Alert.objects.order_by("id").values_list("kind", flat=True))
     assert kinds == ["provider_paused"] * 3 + ["paused"]

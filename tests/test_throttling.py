@@ -120,7 +120,7 @@ def test_thirty_gmail_rate_limit_deferrals_in_an_hour_suspend_gmail_for_that_ip(
     alert = Alert.objects.get()
     assert alert.kind == Alert.Kind.PROVIDER_SUSPENDED and alert.ip == plan.ip
     assert len(fake_telegram.texts()) == 1
-    assert "Suspended gmail for 45.123.10.1 (mail1.sos-mail.com, SOS-Expat)" in fake_telegram.texts()[0]
+    assert "Suspended Gmail for 45.123.10.1 (mail1.sos-mail.com, SOS-Expat)" in fake_telegram.texts()[0]
     assert "30 throttling deferrals (rate_limited) of 30 deferrals (100.0%)" in fake_telegram.texts()[0]
 
     expected = split_quota(1000, tenant_shares([plan.ip.tenant])[plan.ip.tenant.pk])
@@ -280,7 +280,7 @@ def test_a_suspension_is_lifted_once_when_its_time_is_up(run_check, backend, pla
     assert resumed.figures["reason"] == "throttling"
     assert Alert.objects.filter(kind=Alert.Kind.PROVIDER_RESUMED).count() == 1
     assert len(fake_telegram.texts()) == 2
-    assert "Resumed gmail for 45.123.10.1" in fake_telegram.texts()[1]
+    assert "Resumed Gmail for 45.123.10.1" in fake_telegram.texts()[1]
 
 
 def test_suspensions_of_any_reason_are_lifted(db, plan, fake_telegram, django_assert_max_num_queries):

@@ -255,9 +255,14 @@ def pause_message(
     return "; ".join(parts)
 
 
+def provider_name(provider: str) -> str:
+    """How alerts name a provider: its label ("Microsoft"), or the key itself when it is not one."""
+    return Provider(provider).label if provider in Provider.values else provider
+
+
 def provider_pause_message(ip: IP, *, provider: str, figures: str, until: datetime) -> str:
     """One provider paused for the IP by its own rates; the IP keeps warming for the others."""
-    name = Provider(provider).label if provider in Provider.values else provider
+    name = provider_name(provider)
     return (
         f"{headline(Alert.Kind.PROVIDER_PAUSED, name + ' paused for', ip)}: {figures}; "
         f"{name} gets no mail from this IP until {_local(until, ip.tenant.time_zone)}, the other providers keep warming"
@@ -265,8 +270,8 @@ def provider_pause_message(ip: IP, *, provider: str, figures: str, until: dateti
 
 
 def provider_pauses_figures(*, count: int, days: int, pauses: Iterable[tuple[str, date]]) -> str:
-    """'3 provider pauses in 14 days (microsoft 2027-01-10, gmail 2027-01-12, microsoft 2027-01-15)'."""
-    listed = ", ".join(f"{provider} {day.isoformat()}" for provider, day in pauses)
+    """'3 provider pauses in 14 days (Microsoft 2027-01-10, Gmail 2027-01-12, Microsoft 2027-01-15)'."""
+    listed = ", ".join(f"{provider_name(provider)} {day.isoformat()}" for provider, day in pauses)
     return f"{count} provider pauses in {days} days ({listed})"
 
 
@@ -299,6 +304,7 @@ def rewarm_message(ip: IP, *, idle_days: int, phase: str, quota: int) -> str:
 
 def provider_suspended_message(ip: IP, *, provider: str, figures: Mapping, until: datetime) -> str:
     """The throttling check's suspension: the hour's figures, the thresholds and when the provider is back."""
+    provider = provider_name(provider)
     return (
         f"{headline(Alert.Kind.PROVIDER_SUSPENDED, f'Suspended {provider} for', ip)}: "
         f"{figures['throttled']:,} throttling deferrals ({figures['classification']}) of {figures['deferrals']:,} "
@@ -310,6 +316,7 @@ def provider_suspended_message(ip: IP, *, provider: str, figures: Mapping, until
 
 def provider_resumed_message(ip: IP, *, provider: str, reason: str, since: datetime) -> str:
     """A provider suspension (any reason) whose time is up."""
+    provider = provider_name(provider)
     return (
         f"{headline(Alert.Kind.PROVIDER_RESUMED, f'Resumed {provider} for', ip)}: the {reason} suspension "
         f"since {_local(since, ip.tenant.time_zone)} has ended; {provider} gets its share of the quota again"
