@@ -231,7 +231,7 @@ def _read_both(text: str):
     """The batch of a body read by Arrow (None when Arrow does not take it) and by csv.reader."""
     layout = read_layout(csv.reader(io.StringIO(text, newline="")))
     arrow = parse_csv(text, text.encode()) if arrow_columns(text.encode(), layout) is not None else None
-    (by_csv,) = iter_csv_batches(csv_lines(text), batch_size=sys.maxsize) or [None]
+    (by_csv,) = iter_csv_batches(csv_lines(text), batch_size=sys.maxsize)
     return arrow, by_csv
 
 

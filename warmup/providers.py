@@ -24,9 +24,9 @@ from django.utils import timezone
 
 from domains.models import IP, Tenant
 
-from .models import DailyStat, Provider, ProviderShare, ProviderSuspension
+from .counters import PROVIDERS
+from .models import DailyStat, ProviderShare, ProviderSuspension
 
-PROVIDERS: tuple[str, ...] = tuple(Provider.values)
 # The days of sent mail a tenant's default shares come from.
 HISTORY_DAYS = 7
 
