@@ -77,13 +77,13 @@ class NormalisedEvent:
         return datetime.fromtimestamp(self.occurred_at, UTC)
 
     def counts(self) -> dict[str, int]:
-        return counts_for(self.type, self.bounce_class, self.async_bounce)
+        return dict(count_items(self.type, self.bounce_class, self.async_bounce))
 
 
 # --- Counting rules ---------------------------------------------------------------------------------
 
 
-def _build_counts() -> dict[tuple[str, str, bool], dict[str, int]]:
+def _build_counts() -> dict[tuple[str, str, bool], tuple[tuple[str, int], ...]]:
     table: dict[tuple[str, str, bool], dict[str, int]] = {}
     simple = {
         EventType.DELIVERED: {"sent": 1, "delivered": 1},
@@ -101,27 +101,15 @@ def _build_counts() -> dict[tuple[str, str, bool], dict[str, int]]:
         # after a delivery that was already counted as sent, so it adds to bounced only.
         table[(EventType.BOUNCED, bounce_class, False)] = {"sent": 1, "bounced": 1, f"bounced_{bounce_class}": 1}
         table[(EventType.BOUNCED, bounce_class, True)] = {"bounced": 1, f"bounced_{bounce_class}": 1}
-    return table
+    return {kind: tuple(sorted(counts.items())) for kind, counts in table.items()}
 
 
-# Shared, never mutated: the hot path hands the same mapping to every Increment of a kind.
-_COUNTS = _build_counts()
-
-
-def counts_for(event_type: str, bounce_class: str = "", async_bounce: bool = False) -> dict[str, int]:
-    """The counters one event adds to (PRODUCT.md section 6)."""
-    if event_type == EventType.BOUNCED:
-        bounce_class = bounce_class or BounceClass.SOFT
-    else:
-        bounce_class = ""
-    return _COUNTS[(event_type, bounce_class, async_bounce)]
-
-
-_COUNT_ITEMS = {kind: tuple(sorted(counts.items())) for kind, counts in _COUNTS.items()}
+_COUNT_ITEMS = _build_counts()
 
 
 def count_items(event_type: str, bounce_class: str = "", async_bounce: bool = False) -> tuple[tuple[str, int], ...]:
-    """`counts_for` as sorted (counter, amount) pairs: hashable, as the counter store groups events."""
+    """The counters one event adds to (PRODUCT.md section 6), as sorted (counter, amount) pairs: hashable,
+    as the counter store groups events."""
     if event_type == EventType.BOUNCED:
         bounce_class = bounce_class or BounceClass.SOFT
     else:
@@ -320,14 +308,11 @@ def recipient_domain(address: object) -> str:
     return address.rpartition("@")[2].strip().strip(">").lower()
 
 
-REF_STRIP = " \t\r\n<>"
-
-
 def message_id_ref(message_id: object) -> str:
     """The reference kept for a Message-Id (angle brackets and spaces do not matter)."""
     if not isinstance(message_id, str):
         return ""
-    value = message_id.strip(REF_STRIP)
+    value = message_id.strip(" \t\r\n<>")
     return f"mid:{value}" if value else ""
 
 
@@ -339,6 +324,15 @@ def mailwizz_ref(campaign_uid: object, subscriber_uid: object) -> str:
     if not campaign_uid or not subscriber_uid:
         return ""
     return f"mw:{campaign_uid}/{subscriber_uid}"
+
+
+def message_refs(message_id: object, campaign_uid: object, subscriber_uid: object) -> tuple[str, ...]:
+    """The references of a message that names its Message-Id and MailWizz's headers (either may be absent)."""
+    mid = message_id_ref(message_id) if message_id else ""
+    mw = mailwizz_ref(campaign_uid, subscriber_uid) if campaign_uid and subscriber_uid else ""
+    if mid and mw:
+        return (mid, mw)
+    return (mid,) if mid else (mw,) if mw else ()
 
 
 class DayOf:

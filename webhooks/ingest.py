@@ -131,30 +131,10 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
     result = Counted()
     attributor = ctx.attributor
     by_address = attributor.by_address
-    tenant_id = ctx.tenant.pk
-    attributed = result.counted
-    pending: list[NormalisedEvent] = []
+    attributed: list[tuple[NormalisedEvent, int]] = []  # (event, IP id)
+    pending: list[NormalisedEvent] = []  # to attribute by their references
     remember: dict[str, int] = {}  # references to write with the counts: reference -> IP id
     dead = result.dead
-    # The attributed events' de-duplication keys, grouped: (ip id, day, provider, kind) -> keys, the kind
-    # being (type, bounce class, asynchronous, throttling classification, window bucket).
-    groups: dict[tuple[int, date, str, Kind], list[str | None]] = {}
-    day_of, days = ctx.day_of, ctx.day_of.cached
-    provider_of, providers = ctx.provider, ctx.providers
-    classify = Classifier()  # a deferral's reply, once per provider and distinct reply of the batch
-
-    def add(event: NormalisedEvent, ip_id: int) -> None:
-        # The loop below has this inlined for the common case; this serves the events resolved later.
-        at = event.occurred_at
-        provider = provider_of(event.recipient_domain)
-        if event.type == DEFERRED:
-            reply = event.smtp_reply
-            kind = (DEFERRED, "", False, classify(provider, reply) if reply else "", at // BUCKET_SECONDS)
-        else:
-            kind = (event.type, event.bounce_class, event.async_bounce, "", 0)
-        groups.setdefault((ip_id, day_of(at), provider, kind), []).append(event.key)
-        attributed.append(event)
-
     for event in events:
         ip_id = None
         if event.ip:
@@ -187,8 +167,29 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
         if event.remembers_refs:
             for ref in event.message_refs:
                 remember[ref] = ip_id  # the last record of the body that names it wins
-        # add(event, ip_id), inlined: this runs for every record of every batch. Only deferrals carry a
-        # reply to classify and a window bucket (one division); the rest share one kind per type.
+        attributed.append((event, ip_id))
+
+    if pending:
+        wanted = {ref for event in pending for ref in event.message_refs if ref not in remember}
+        known = ctx.store.read_refs(ctx.tenant.pk, wanted) if wanted else {}
+        known.update(remember)
+        for event in pending:
+            for ref in event.message_refs:
+                ip_id = known.get(ref)
+                if ip_id is not None:
+                    attributed.append((event, ip_id))
+                    break
+            else:
+                dead.append((event, DeadLetter.Reason.UNATTRIBUTED, "no delivery report names this message"))
+
+    # The attributed events' de-duplication keys, grouped: (ip id, day, provider, kind) -> keys, the kind
+    # being (type, bounce class, asynchronous, throttling classification, window bucket). Only deferrals
+    # carry a reply to classify and a window bucket; the rest share one kind per type.
+    groups: dict[tuple[int, date, str, Kind], list[str | None]] = {}
+    day_of, days = ctx.day_of, ctx.day_of.cached
+    provider_of, providers = ctx.provider, ctx.providers
+    classify = Classifier()  # a deferral's reply, once per provider and distinct reply of the batch
+    for event, ip_id in attributed:
         at = event.occurred_at
         provider = providers.get(event.recipient_domain) or provider_of(event.recipient_domain)
         if event.type == DEFERRED:
@@ -201,25 +202,12 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
         if keys is None:
             keys = groups[group] = []
         keys.append(event.key)
-        attributed.append(event)
-
-    if pending:
-        wanted = {ref for event in pending for ref in event.message_refs if ref not in remember}
-        known = ctx.store.read_refs(tenant_id, wanted) if wanted else {}
-        known.update(remember)
-        for event in pending:
-            for ref in event.message_refs:
-                ip_id = known.get(ref)
-                if ip_id is not None:
-                    add(event, ip_id)
-                    break
-            else:
-                dead.append((event, DeadLetter.Reason.UNATTRIBUTED, "no delivery report names this message"))
+    result.counted = [event for event, _ in attributed]
 
     # The references go with the counts, written first: if they cannot be written, nothing is counted
     # and the sender posts the batch again.
     if groups:
-        refs = References(tenant_id, remember) if remember else None
+        refs = References(ctx.tenant.pk, remember) if remember else None
         result.accepted = ctx.store.count_grouped(_by_counts(groups), refs, window)
         result.duplicates = len(attributed) - result.accepted
     elif window is not None:

@@ -19,8 +19,7 @@ from webhooks.events import (
     NormalisedEvent,
     classify_bounce,
     event_key,
-    mailwizz_ref,
-    message_id_ref,
+    message_refs,
     parse_time,
     recipient_domain,
 )
@@ -80,14 +79,7 @@ def normalise_record(record: dict) -> NormalisedEvent:
         bounce_category = classification if classification and classification != "Uncategorized" else status
 
     headers = {str(k).lower(): v for k, v in object_field(record, "headers").items()}
-    refs = tuple(
-        r
-        for r in (
-            message_id_ref(headers.get("message-id")),
-            mailwizz_ref(headers.get("x-mw-campaign-uid"), headers.get("x-mw-subscriber-uid")),
-        )
-        if r
-    )
+    refs = message_refs(headers.get("message-id"), headers.get("x-mw-campaign-uid"), headers.get("x-mw-subscriber-uid"))
     message_id = record.get("id")
     event = NormalisedEvent(
         source=SOURCE,

@@ -25,14 +25,15 @@ import pyarrow
 from pyarrow import csv as arrow_csv
 
 from webhooks.events import (
-    REF_STRIP,
     EventType,
     Ignored,
     InvalidRecord,
     NormalisedEvent,
     classify_bounce,
     key_of_text,
+    message_refs,
     powermta_time,
+    recipient_domain,
     status_code,
 )
 from webhooks.parsers import (
@@ -144,19 +145,8 @@ def _event(values: tuple[str, ...], raw: Any, record: int = 0) -> NormalisedEven
         bounce_class = classify_bounce(bounce_cat, "", code)
         bounce_category = bounce_cat or code
 
-    # message_id_ref / mailwizz_ref, inlined: this runs for every record.
-    refs: tuple[str, ...] = ()
-    if message_id:
-        mid = message_id.strip(REF_STRIP)
-        if mid:
-            refs = ("mid:" + mid,)
-    if campaign_uid and subscriber_uid:
-        campaign_uid, subscriber_uid = campaign_uid.strip(), subscriber_uid.strip()
-        if campaign_uid and subscriber_uid:
-            refs += ("mw:" + campaign_uid + "/" + subscriber_uid,)
-
-    at = rcpt.rfind("@")
-    domain = rcpt[at + 1 :].strip().strip(">").lower() if at >= 0 else ""
+    refs = message_refs(message_id, campaign_uid, subscriber_uid)
+    domain = recipient_domain(rcpt)
 
     # The unit separator cannot occur in a field PowerMTA writes: event_key() of the strings as they are.
     key = key_of_text(
