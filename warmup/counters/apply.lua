@@ -1,31 +1,29 @@
 -- KEYS: per IP-day of the batch, its counts hash then its de-duplication set; then (single node) the
--- index key and the window index key; then the window hashes ARGV[10] names. ARGV[1] = de-duplication
--- TTL in seconds, ARGV[2] = position of the index key in KEYS (0: none), ARGV[3] = what the groups add, as JSON: [[field, amount, field, amount ...], ...] (a batch
--- repeats a few dozen of these), ARGV[4] = the groups as one flat JSON array of numbers, four per group:
--- IP-day number, what it adds (position in ARGV[3]), events without a de-duplication key, events with
--- one; the groups of an IP-day next to each other. ARGV[5] = per IP-day, how its de-duplication keys
--- are cut (JSON array: a width, or the list of their lengths); ARGV[6] = per IP-day, what its groups add
--- when none of its events is a duplicate: [[field, amount, field, amount ...], ...] (JSON); ARGV[7] = the
--- request's rate-limit window, as JSON [position of its key in KEYS, limit, seconds to keep it] ([0]:
--- none); ARGV[8] = the batch's message references, as JSON [position of their hash in KEYS, seconds to
--- keep it, IP id (text), how many references name it, IP id, how many ...] ([0]: none), and ARGV[9] the
--- references (never empty) joined by the unit separator, those of each IP of ARGV[8] together in that
--- order (one string: thousands of arguments cost redis-py more to pack than the script to cut, and an
--- IP id travels once rather than once a reference); ARGV[10] = the throttling window counters, as JSON
+-- index key and the window index key; then the window hashes ARGV[9] names.
+-- ARGV[1] = de-duplication TTL in seconds; ARGV[2] = position of the index key in KEYS (0: none);
+-- ARGV[3] = what the groups add, as JSON: [[field, amount, field, amount ...], ...] (a batch repeats a few
+-- dozen of these); ARGV[4] = the groups as one flat JSON array of numbers, three per group: IP-day number,
+-- what it adds (position in ARGV[3]), its events; the groups of an IP-day next to each other;
+-- ARGV[5] = per IP-day, what its groups add when none of its events is a duplicate (JSON, as ARGV[3]);
+-- ARGV[6] = the request's rate-limit window, as JSON [position of its key in KEYS, limit, seconds to keep
+-- it] ([0]: none); ARGV[7] = the batch's message references, as JSON [position of their hash in KEYS,
+-- seconds to keep it, IP id (text), how many references name it, IP id, how many ...] ([0]: none), and
+-- ARGV[8] the references joined by the unit separator, those of each IP of ARGV[7] together in that order
+-- (an IP id travels once rather than once a reference); ARGV[9] = the throttling window counters, as JSON
 -- [the window hashes' expiry in seconds, buckets per window hash, per IP-day {window hash number: its
 -- position in KEYS}, [position in KEYS of a window hash holding a throttling deferral, its latest bucket,
--- ...]] (those go to the window index, a sorted set, with that score); ARGV[10 + n] = the keys of IP-day
--- n in the order of its groups, end to end (`_members`: a digest as its 16 bytes).
+-- ...]] (those go to the window index, a sorted set, with that score); ARGV[9 + n] = the de-duplication
+-- keys of IP-day n in the order of its groups, 16 bytes each, end to end.
 -- A few strings rather than thousands of arguments: packing, sending and reading many arguments costs
 -- redis-py and Redis more than decoding costs the script.
 -- De-duplication is two commands per IP-day, whatever the number of its events: SMISMEMBER tells which
 -- keys the day's set already holds, SADD adds them. When SADD adds every key, none was known and none
--- is repeated: the IP-day adds what ARGV[6] says, and neither the groups nor the keys are looked at one
+-- is repeated: the IP-day adds what ARGV[5] says, and neither the groups nor the keys are looked at one
 -- by one (the usual case). Otherwise a key already known is a duplicate, and so is the second occurrence
 -- of a key repeated within the batch; the IP-day's groups are then summed here without their
--- duplicates. A single key needs the SADD alone. The set's expiry is renewed with each batch, so a key
--- is remembered at least the TTL. Each field of an IP-day gets one HINCRBY per batch (Lua numbers are
--- doubles: exact below 2^53), and the IP-days counted go to the index in one SADD.
+-- duplicates. The set's expiry is renewed with each batch, so a key is remembered at least the TTL. Each
+-- field of an IP-day gets one HINCRBY per batch (Lua numbers are doubles: exact below 2^53), and the
+-- IP-days counted go to the index in one SADD.
 -- A field whose name starts with "@" is a window counter ("@d<bucket>:<provider>"): it goes to the window
 -- hash of its IP-day and hour (bucket // buckets per hash), which expires by itself, instead of the
 -- counts hash, which consolidation reads.
@@ -33,7 +31,7 @@
 -- Then the references are written, then the counts.
 -- Returns -1 for a full window, else, per group with duplicates, {its number, 1-based positions among its
 -- keys of the duplicates ...}.
-local window = cjson.decode(ARGV[7])
+local window = cjson.decode(ARGV[6])
 if window[1] > 0 then
   local hits = redis.call('INCR', KEYS[window[1]])
   if hits == 1 then
@@ -44,10 +42,10 @@ if window[1] > 0 then
   end
 end
 local CHUNK = 4000
-local refs = cjson.decode(ARGV[8])
+local refs = cjson.decode(ARGV[7])
 if refs[1] > 0 then
   -- Each IP's references are cut with a plain find (faster than a pattern) and followed by its id.
-  local packed, fields, n, first = ARGV[9], {}, 0, 1
+  local packed, fields, n, first = ARGV[8], {}, 0, 1
   local find, sub = string.find, string.sub
   for group = 3, #refs, 2 do
     local ip_id = refs[group]
@@ -66,30 +64,19 @@ if refs[1] > 0 then
 end
 local ttl = ARGV[1]
 local index = tonumber(ARGV[2])
-local windows = cjson.decode(ARGV[10])
+local windows = cjson.decode(ARGV[9])
 local window_ttl, per_hash, window_keys = windows[1], windows[2], windows[3]
-local widths = cjson.decode(ARGV[5])
-local sums_of = cjson.decode(ARGV[6])
+local sums_of = cjson.decode(ARGV[5])
 local adds, groups, first_group = nil, nil, nil
 local found = {}
 local touched = {}
-for h = 1, #widths do
-  local width = widths[h]
-  local packed = ARGV[10 + h]
+for h = 1, #sums_of do
+  local packed = ARGV[9 + h]
   local keys = {}
   local k = 0
-  if type(width) == 'number' then
-    for first = 1, #packed, width do
-      k = k + 1
-      keys[k] = string.sub(packed, first, first + width - 1)
-    end
-  else
-    local first = 1
-    for _, length in ipairs(width) do
-      k = k + 1
-      keys[k] = string.sub(packed, first, first + length - 1)
-      first = first + length
-    end
+  for first = 1, #packed, 16 do
+    k = k + 1
+    keys[k] = string.sub(packed, first, first + 15)
   end
   local n = #keys
   local set = KEYS[2 * h]
@@ -130,7 +117,7 @@ for h = 1, #widths do
     if groups == nil then
       adds, groups = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
       first_group = {}
-      for j = #groups - 3, 1, -4 do
+      for j = #groups - 2, 1, -3 do
         first_group[groups[j]] = j
       end
     end
@@ -138,8 +125,8 @@ for h = 1, #widths do
     local offset = 0
     local j = first_group[h]
     while j <= #groups and groups[j] == h do
-      local fields, counted, keyed = adds[groups[j + 1]], groups[j + 2], groups[j + 3]
-      local result = {(j + 3) / 4}
+      local fields, keyed, counted = adds[groups[j + 1]], groups[j + 2], 0
+      local result = {(j + 2) / 3}
       for i = 1, keyed do
         if flags[offset + i] == 0 then
           counted = counted + 1
@@ -156,7 +143,7 @@ for h = 1, #widths do
           totals[fields[f]] = (totals[fields[f]] or 0) + fields[f + 1] * counted
         end
       end
-      j = j + 4
+      j = j + 3
     end
     sums = {}
     for field, amount in pairs(totals) do

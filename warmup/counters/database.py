@@ -7,7 +7,6 @@ old (`warmup.retention`).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections import defaultdict
@@ -37,6 +36,7 @@ from .interface import (
     WindowFigures,
     WindowFull,
     check_increment,
+    dedup_digest,
     split_field,
     stored_ref,
     totals,
@@ -62,18 +62,15 @@ class DatabaseCounterStore(CounterStore):
             check_increment(inc)
         try:
             with transaction.atomic():
-                new_keys = self._insert_dedup_keys(
-                    sorted({self._key(inc.dedup_key) for inc in increments if inc.dedup_key is not None})
-                )
+                keys = [dedup_digest(inc.dedup_key).hex() for inc in increments]
+                new_keys = self._insert_dedup_keys(sorted(set(keys)))
                 result = []
                 cells: dict[tuple[int, date, str], int] = defaultdict(int)
-                for inc in increments:
-                    if inc.dedup_key is not None:
-                        key = self._key(inc.dedup_key)
-                        if key not in new_keys:
-                            result.append(False)
-                            continue
-                        new_keys.discard(key)  # the same key twice in one batch counts once
+                for inc, key in zip(increments, keys, strict=True):
+                    if key not in new_keys:
+                        result.append(False)
+                        continue
+                    new_keys.discard(key)  # the same key twice in one batch counts once
                     result.append(True)
                     for name, value in inc.counts.items():
                         if value:
@@ -84,11 +81,6 @@ class DatabaseCounterStore(CounterStore):
                 raise CounterStoreUnavailable(f"the database is unreachable: {exc}") from exc
             raise
         return result
-
-    @staticmethod
-    def _key(dedup_key: str) -> str:
-        # The key column holds 64 characters; longer keys are replaced by their digest.
-        return dedup_key if len(dedup_key) <= 64 else hashlib.sha256(dedup_key.encode()).hexdigest()
 
     def _insert_dedup_keys(self, keys: list[str]) -> set[str]:
         if not keys:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
+
+from xxhash import xxh3_128_digest
 
 from ..models import DailyStat, Provider
 
@@ -253,6 +256,22 @@ class CounterStore:
         """The window counters of buckets first..last (`bucket_of`), per IP and provider, for every IP with
         a throttling deferral among them (the others are left out: there is nothing to judge)."""
         raise NotImplementedError
+
+
+def dedup_digest(key: str | None) -> bytes:
+    """A de-duplication key as both stores keep it, 16 bytes: an event key (32 lower-case hex digits,
+    `webhooks.events.event_key`) is its own digest, any other text is hashed, and None (always counted)
+    is 16 random bytes."""
+    if key is None:
+        return os.urandom(16)
+    if len(key) == 32:
+        try:
+            digest = bytes.fromhex(key)
+        except ValueError:
+            digest = b""
+        if digest.hex() == key:
+            return digest
+    return xxh3_128_digest(key.encode("utf-8", "surrogatepass"))
 
 
 def stored_ref(ref: str) -> str:

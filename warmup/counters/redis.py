@@ -41,6 +41,7 @@ from .interface import (
     WindowFigures,
     WindowFull,
     _fields_of,
+    dedup_digest,
     group_increments,
     stored_ref,
     totals,
@@ -70,36 +71,14 @@ _CLAIM_LUA = (Path(__file__).parent / "claim.lua").read_text()
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
-def _from_hex(text: str) -> bytes | None:
-    """The bytes that lower-case hex digits spell (`bytes.hex()` gives `text` back); None otherwise."""
-    try:
-        data = bytes.fromhex(text)
-    except ValueError:
-        return None
-    return data if data.hex() == text else None
-
-
-def _member(key: str) -> bytes:
-    """A de-duplication key as its set holds it: a digest (32 lower-case hex digits, `event_key`) as
-    its 16 bytes, which halves what the sets hold and what Redis hashes and compares; any other key as
-    its UTF-8 text."""
-    digest = _from_hex(key) if len(key) == 32 else None
-    return digest if digest is not None else key.encode("utf-8", "surrogatepass")
-
-
-def _members(keys: list[str]) -> tuple[int | list[int], bytes]:
-    """An IP-day's de-duplication keys as `_APPLY_LUA` takes them: (their width, or the list of their
-    lengths; the `_member`s end to end)."""
-    if set(map(len, keys)) == {32}:  # lengths compared in C: this runs per IP-day of every batch
-        # The usual IP-day: digests only, turned into bytes in one call.
-        digests = _from_hex("".join(keys))
-        if digests is not None:
-            return 16, digests
-    members = [_member(key) for key in keys]
-    lengths = [len(member) for member in members]
-    if lengths and lengths[0] and lengths.count(lengths[0]) == len(lengths):
-        return lengths[0], b"".join(members)
-    return lengths, b"".join(members)
+def _digests(keys: Sequence[str | None]) -> bytes:
+    """An IP-day's de-duplication keys as the script takes them: their `dedup_digest`s end to end."""
+    if None not in keys and set(map(len, keys)) == {32}:  # the usual IP-day: event keys only, in one call
+        joined = "".join(keys)
+        digests = bytes.fromhex(joined)
+        if digests.hex() == joined:  # lower-case hex digits only (fromhex takes capitals and spaces)
+            return digests
+    return b"".join(map(dedup_digest, keys))
 
 
 @lru_cache(maxsize=4096)
@@ -209,8 +188,8 @@ class RedisCounterStore(CounterStore):
         for items in by_slot.values():
             keys, args, context = self._encode_apply(items, False)
             duplicates |= self._decode_apply(context, self._apply_script(keys=keys, args=args))
-            hashes += keys[: 2 * len(context[3]) : 2]  # (day hash, de-duplication set) per IP-day come first
-            windows.update({keys[position - 1]: bucket for position, bucket in context[4].items()})
+            hashes += keys[: 2 * len(context[2]) : 2]  # (day hash, de-duplication set) per IP-day come first
+            windows.update({keys[position - 1]: bucket for position, bucket in context[3].items()})
         # Every IP-day of the batch, duplicates included: had the process died between an earlier try's
         # counts and its index entry, the sender's retry (all duplicates) puts the entry back.
         self.client.sadd(INDEX_KEY, *hashes)
@@ -227,15 +206,14 @@ class RedisCounterStore(CounterStore):
         keys: list[str] = []
         hashes: dict[tuple[int, date], int] = {}
         adds: list[tuple[str | int, ...]] = []  # what groups add (field, amount ...); groups name it by position
-        encoded: list[int] = []  # four numbers per group, see _APPLY_LUA
+        encoded: list[int] = []  # three numbers per group, see _APPLY_LUA
         day_keys: list[list[str]] = []  # per IP-day, the de-duplication keys of its groups in order
         day_sums: list[dict[str, int]] = []  # per IP-day, what its groups add if none is a duplicate
-        keyed_positions: dict[int, list[int]] = {}  # groups with unkeyed events: where their keys are
         # (provider, counts) -> (its number in `adds`, (field, amount) pairs, `_window_of(counts)`)
         kinds: dict[tuple, tuple] = {}
         day_windows: list[dict[int, int]] = []  # per IP-day, its window hashes: hour -> latest throttling bucket
         tags: list[str] = []
-        for number, (key, dedup_keys) in enumerate(items):
+        for key, dedup_keys in items:
             ip_id, day, provider, counts = key
             kind = kinds.get((provider, counts))
             if kind is None:
@@ -260,18 +238,8 @@ class RedisCounterStore(CounterStore):
             sums, events = day_sums[position - 1], len(dedup_keys)
             for field, amount in pairs:
                 sums[field] = sums.get(field, 0) + amount * events
-            unkeyed = 0
-            if None in dedup_keys:
-                keyed_positions[number] = [i for i, k in enumerate(dedup_keys) if k is not None]
-                unkeyed = len(dedup_keys) - len(keyed_positions[number])
-                dedup_keys = [k for k in dedup_keys if k is not None]
-            encoded += (position, adding, unkeyed, len(dedup_keys))
+            encoded += (position, adding, len(dedup_keys))
             day_keys[position - 1] += dedup_keys
-        widths, packed = [], []
-        for dedup_keys in day_keys:
-            width, members = _members(dedup_keys)
-            widths.append(width)
-            packed.append(members)
         index = 0
         if with_index:
             keys += (INDEX_KEY, WINDOW_INDEX_KEY)
@@ -297,20 +265,19 @@ class RedisCounterStore(CounterStore):
             [WINDOW_TTL_SECONDS, BUCKETS_PER_WINDOW_HASH, window_keys, list(chain.from_iterable(throttled.items()))]
         )
         args = [
-            self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(widths), _dumps(flat_sums), window_spec,
-            refs_spec, refs_packed, windows_spec, *packed,
+            self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(flat_sums), window_spec, refs_spec, refs_packed,
+            windows_spec, *map(_digests, day_keys),
         ]  # fmt: skip
-        return keys, args, (items, keys, keyed_positions, hashes, throttled)
+        return keys, args, (items, keys, hashes, throttled)
 
     @staticmethod
     def _decode_apply(context: tuple, replies: list) -> set[tuple]:
         """The duplicates a call of the script answered, as (group key, position in the group)."""
-        items, keys, keyed_positions, hashes, _ = context
+        items = context[0]
         duplicates: set[tuple] = set()
         for number, *found in replies:
             key = items[number - 1][0]
-            places = keyed_positions.get(number - 1)
-            duplicates.update((key, places[n - 1] if places else n - 1) for n in found)
+            duplicates.update((key, n - 1) for n in found)
         return duplicates
 
     @_redis_reachable
@@ -429,7 +396,7 @@ class RedisCounterStore(CounterStore):
             spec, packed = self._refs_args(keys, References(tenant_id, refs))
             self._apply_script(
                 keys=keys,
-                args=[self._ttl, 0, "[]", "[]", "[]", "[]", "[0]", spec, packed, "[0, 1, [], []]"],
+                args=[self._ttl, 0, "[]", "[]", "[]", "[0]", spec, packed, "[0, 1, [], []]"],
             )
 
     # --- Fixed windows (the webhooks' rate limit): a counter key per window, expiring after it ------
