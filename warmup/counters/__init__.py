@@ -23,12 +23,12 @@ outside this package asks which one it has:
   in one transaction per batch with upserts, so that several processes sum exactly; rate-limit windows
   in the process's memory.
 
-This is the webhooks' hot path. `count_grouped()` takes a batch already grouped by what its events add
-(the ingestion pipeline builds the groups as it attributes, a dictionary append per event), so this
-side does no per-event work but joining the keys; the script de-duplicates an IP-day's keys with two set
-commands (`SMISMEMBER`, `SADD`), not a command per event, and adds each group's total once per field
-(`HINCRBY` per IP-day and field, not per event). `apply()` (the interface for everyone else) groups its
-increments and runs the same script."""
+Both count through one call, `CounterStore.count_batch()`: a batch already grouped by what its events add
+(the ingestion pipeline builds the groups as it attributes, a dictionary append per event), every
+de-duplication key kept as 16 bytes (`dedup_digest`). The script de-duplicates an IP-day's keys with two
+set commands (`SMISMEMBER`, `SADD`), not a command per event, and adds each group's total once per field.
+`count_grouped()` (the pipeline) and `apply()` (everyone else: single increments) are its two answers:
+how many were counted, or which."""
 
 from __future__ import annotations
 

@@ -30,12 +30,11 @@ from .interface import (
     CounterStore,
     CounterStoreUnavailable,
     GroupKey,
-    Increment,
     References,
     Window,
     WindowFigures,
     WindowFull,
-    check_increment,
+    _fields_of,
     dedup_digest,
     split_field,
     stored_ref,
@@ -55,32 +54,41 @@ class DatabaseCounterStore(CounterStore):
 
     CHUNK = 500  # rows per statement, well under both databases' parameter limits
 
-    def apply(self, increments: Sequence[Increment]) -> list[bool]:
-        if not increments:
-            return []
-        for inc in increments:
-            check_increment(inc)
+    def count_batch(
+        self,
+        groups: Mapping[GroupKey, Sequence[str | None]],
+        refs: References | None = None,
+        window: Window | None = None,
+    ) -> set[tuple[GroupKey, int]]:
+        if window is not None:
+            self.hit_window(window)
+        adds = {key: _fields_of(key[2], key[3]) for key in groups}  # ValueError for an unknown counter
+        digests = {key: [dedup_digest(dedup_key).hex() for dedup_key in keys] for key, keys in groups.items()}
+        duplicates: set[tuple[GroupKey, int]] = set()
+        cells: dict[tuple[int, date, str], int] = defaultdict(int)
         try:
-            with transaction.atomic():
-                keys = [dedup_digest(inc.dedup_key).hex() for inc in increments]
-                new_keys = self._insert_dedup_keys(sorted(set(keys)))
-                result = []
-                cells: dict[tuple[int, date, str], int] = defaultdict(int)
-                for inc, key in zip(increments, keys, strict=True):
-                    if key not in new_keys:
-                        result.append(False)
-                        continue
-                    new_keys.discard(key)  # the same key twice in one batch counts once
-                    result.append(True)
-                    for name, value in inc.counts.items():
-                        if value:
-                            cells[(inc.ip_id, inc.day, f"{name}:{inc.provider}")] += value
+            with transaction.atomic():  # the references and the counts, or neither
+                if refs is not None:
+                    self.write_refs(refs.tenant_id, refs.refs)
+                new_keys = self._insert_dedup_keys(sorted({key for keys in digests.values() for key in keys}))
+                for group, keys in digests.items():
+                    counted = 0
+                    for position, key in enumerate(keys):
+                        if key in new_keys:
+                            new_keys.discard(key)  # the same key twice in one batch counts once
+                            counted += 1
+                        else:
+                            duplicates.add((group, position))
+                    fields = adds[group]
+                    for field, amount in zip(fields[::2], fields[1::2], strict=True):
+                        if amount and counted:
+                            cells[(group[0], group[1], field)] += amount * counted
                 self._add_to_cells(sorted(cells.items()))
         except DatabaseError as exc:
             if _is_unavailable(exc):
                 raise CounterStoreUnavailable(f"the database is unreachable: {exc}") from exc
             raise
-        return result
+        return duplicates
 
     def _insert_dedup_keys(self, keys: list[str]) -> set[str]:
         if not keys:
@@ -158,29 +166,6 @@ class DatabaseCounterStore(CounterStore):
             connection.ensure_connection()
         except DatabaseError as exc:
             raise CounterStoreUnavailable(f"the database is unreachable: {exc}") from exc
-
-    def count_grouped(
-        self,
-        groups: Mapping[GroupKey, Sequence[str | None]],
-        refs: References | None = None,
-        window: Window | None = None,
-    ) -> int:
-        if window is not None:
-            self.hit_window(window)
-        increments = [
-            Increment(ip_id, day, dict(items), provider, dedup_key)
-            for (ip_id, day, provider, items), keys in groups.items()
-            for dedup_key in keys
-        ]
-        try:
-            with transaction.atomic():  # the references and the counts, or neither
-                if refs is not None:
-                    self.write_refs(refs.tenant_id, refs.refs)
-                return sum(self.apply(increments))
-        except DatabaseError as exc:
-            if _is_unavailable(exc):
-                raise CounterStoreUnavailable(f"the database is unreachable: {exc}") from exc
-            raise
 
     # --- Message references: `MessageRef` rows, pruned by retention once expired ---------------------
 

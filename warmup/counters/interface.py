@@ -201,7 +201,11 @@ class CounterStore:
 
     def apply(self, increments: Sequence[Increment]) -> list[bool]:
         """De-duplicate and count a batch atomically; True = counted, False = duplicate."""
-        raise NotImplementedError
+        if not increments:
+            return []
+        groups, places = group_increments(increments)
+        duplicates = self.count_batch(groups)
+        return [place not in duplicates for place in places]
 
     def count_grouped(
         self,
@@ -209,12 +213,22 @@ class CounterStore:
         refs: References | None = None,
         window: Window | None = None,
     ) -> int:
-        """`apply()` for a batch grouped by what its events add: each group's de-duplication keys (None:
-        always counted). The batch's message references `refs` are written first, in the same round trip
+        """`count_batch()`, answering how many events were counted (the rest were duplicates)."""
+        return sum(map(len, groups.values())) - len(self.count_batch(groups, refs, window))
+
+    def count_batch(
+        self,
+        groups: Mapping[GroupKey, Sequence[str | None]],
+        refs: References | None = None,
+        window: Window | None = None,
+    ) -> set[tuple[GroupKey, int]]:
+        """The one counting call: de-duplicate and count a batch grouped by what its events add, each
+        group's de-duplication keys (None: always counted). Returns the duplicates as (group key, position
+        in the group). The batch's message references `refs` are written first, in the same round trip
         (Redis) or transaction (database): a batch whose references cannot be written is not counted.
-        Atomic per IP-day at least (the whole batch on a single Redis node or in the database); returns
-        how many were counted (the rest were duplicates). The call is first a hit of `window`, in the
-        same round trip on a single Redis node: WindowFull, with nothing counted, when it is full.
+        Atomic per IP-day at least (the whole batch on a single Redis node or in the database). The call
+        is first a hit of `window`, in the same round trip on a single Redis node: WindowFull, with
+        nothing counted, when it is full.
         """
         raise NotImplementedError
 

@@ -35,14 +35,12 @@ from .interface import (
     CounterStore,
     CounterStoreUnavailable,
     GroupKey,
-    Increment,
     References,
     Window,
     WindowFigures,
     WindowFull,
     _fields_of,
     dedup_digest,
-    group_increments,
     stored_ref,
     totals,
     window_figures,
@@ -136,32 +134,13 @@ class RedisCounterStore(CounterStore):
         self._ttl = int(timedelta(days=settings.WEBHOOK_DEDUP_TTL_DAYS).total_seconds())
 
     @_redis_reachable
-    def apply(self, increments: Sequence[Increment]) -> list[bool]:
-        if not increments:
-            return []
-        groups, places = group_increments(increments)
-        duplicates = self._count(groups)
-        return [(place not in duplicates) for place in places]
-
-    @_redis_reachable
-    def count_grouped(
+    def count_batch(
         self,
         groups: Mapping[GroupKey, Sequence[str | None]],
         refs: References | None = None,
         window: Window | None = None,
-    ) -> int:
-        return sum(map(len, groups.values())) - len(self._count(groups, refs, window))
-
-    def _count(
-        self,
-        groups: Mapping[GroupKey, Sequence[str | None]],
-        refs: References | None = None,
-        window: Window | None = None,
-    ) -> set[tuple]:
-        """Hit `window`, write `refs`, then de-duplicate and count the groups; the duplicates as (group
-        key, position). WindowFull, with nothing written, when the window is full.
-
-        On a single node: one script call for the whole batch, atomic: the window's hit, the references
+    ) -> set[tuple[GroupKey, int]]:
+        """On a single node: one script call for the whole batch, atomic: the window's hit, the references
         and the counts. On a cluster: the window, then the references (a batch whose references cannot
         be written is not counted), then one script call per hash slot (a script may only touch keys of
         one slot), then the index, written after the counts so that consolidation, which removes an
