@@ -10,7 +10,7 @@ from django.utils import timezone
 from tests.factories import DailyStatFactory, plan_in_state
 from warmup.engine import ip_daily_quota
 from warmup.models import ProviderShare, ProviderSuspension
-from warmup.providers import PROVIDERS, provider_quotas, split_quota, tenant_shares
+from warmup.providers import HISTORY_CACHE_SECONDS, PROVIDERS, provider_quotas, split_quota, tenant_shares
 
 pytestmark = pytest.mark.django_db
 
@@ -115,3 +115,21 @@ def test_provider_quotas_costs_three_queries_whatever_the_number_of_ips(tenant, 
     with django_assert_num_queries(3):
         result = provider_quotas(ips, {ip.pk: 50 for ip in ips})
     assert len(result) == 20
+
+
+def test_a_tenants_history_is_summed_once_per_day_and_again_after_the_cache_time(tenant, django_assert_num_queries):
+    plan = plan_in_state("warming", tenant=tenant, phase="week_3")  # quota 500
+    yesterday = NOW.date() - dt.timedelta(days=1)
+    DailyStatFactory(ip=plan.ip, date=yesterday, sent=400, by_provider={"gmail": {"sent": 400}})
+    with time_machine.travel(NOW, tick=False):
+        assert quotas_of(plan)["gmail"].daily_quota == 500
+        # Consolidation lands more of yesterday; within the cache time the split stays as computed.
+        DailyStatFactory(
+            ip=plan.ip, date=yesterday - dt.timedelta(days=1), sent=400, by_provider={"yahoo": {"sent": 400}}
+        )
+        with django_assert_num_queries(2):  # the tenant's table and the suspensions; no sum of the history
+            assert quotas_of(plan)["gmail"].daily_quota == 500
+    with time_machine.travel(NOW + dt.timedelta(seconds=HISTORY_CACHE_SECONDS + 1), tick=False):
+        with django_assert_num_queries(3):
+            quotas = quotas_of(plan)
+    assert (quotas["gmail"].daily_quota, quotas["yahoo"].daily_quota) == (250, 250)

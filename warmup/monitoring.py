@@ -44,11 +44,10 @@ def live_sent(keys: list[tuple[int, date]]) -> dict[tuple[int, date], dict[str, 
         return None
 
 
-def ip_entry(ip: IP, sent: dict[str, int] | None, providers: dict[str, ProviderQuota]) -> dict:
-    """One IP's row of the monitoring view (`ip` loaded with its tenant, domain and plan); `sent` is today's
-    per provider (None: unknown), `providers` its provider quotas."""
+def ip_entry(ip: IP, quota: int, sent: dict[str, int] | None, providers: dict[str, ProviderQuota]) -> dict:
+    """One IP's row of the monitoring view (`ip` loaded with its tenant, domain and plan); `quota` is its
+    daily quota, `sent` today's per provider (None: unknown), `providers` its provider quotas."""
     plan = plan_of(ip)
-    quota = ip_daily_quota(ip)
     sent_today = None if sent is None else sum(sent.values())
     return {
         "ip": ip.address,
@@ -86,9 +85,10 @@ def ip_entries(ips: list[IP], *, today: date | None = None, live: bool = True) -
     keys = [(ip.id, tenant_days[ip.tenant_id]) for ip in ips]
     nothing = dict.fromkeys(PROVIDERS, 0)
     sent = live_sent(keys) if live else {key: nothing for key in keys}
-    quotas = provider_quotas(ips, {ip.id: ip_daily_quota(ip) for ip in ips})
+    quotas = {ip.id: ip_daily_quota(ip) for ip in ips}
+    by_provider = provider_quotas(ips, quotas)
     return [
-        ip_entry(ip, None if sent is None else sent.get(key, nothing), quotas[ip.id])
+        ip_entry(ip, quotas[ip.id], None if sent is None else sent.get(key, nothing), by_provider[ip.id])
         for ip, key in zip(ips, keys, strict=True)
     ]
 

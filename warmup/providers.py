@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import IntegerField, Q, Sum
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce
@@ -29,6 +30,7 @@ from .models import DailyStat, ProviderShare, ProviderSuspension
 
 # The days of sent mail a tenant's default shares come from.
 HISTORY_DAYS = 7
+HISTORY_CACHE_SECONDS = 300
 
 
 class ProviderQuota(NamedTuple):
@@ -65,23 +67,35 @@ def tenant_shares(tenants: Iterable[Tenant]) -> dict[int, dict[str, float]]:
 
 
 def _history_shares(tenants: list[Tenant]) -> dict[int, dict[str, float]]:
-    """Sent per provider over each tenant's last HISTORY_DAYS days, from the daily stats' by_provider."""
-    days = Q()
-    for tenant in tenants:
-        today = tenant.today()
-        days |= Q(ip__tenant=tenant, date__gte=today - timedelta(days=HISTORY_DAYS), date__lt=today)
-    sums = {
-        provider: Coalesce(
-            Sum(Cast(KeyTextTransform("sent", KeyTextTransform(provider, "by_provider")), IntegerField())), 0
-        )
-        for provider in PROVIDERS
-    }
-    shares = {}
-    for row in DailyStat.objects.filter(days).values("ip__tenant_id").annotate(**sums).order_by():
-        sent = {provider: float(row[provider]) for provider in PROVIDERS}
-        if sum(sent.values()) > 0:
-            shares[row["ip__tenant_id"]] = sent
-    return shares
+    """Sent per provider over each tenant's last HISTORY_DAYS days, from the daily stats' by_provider.
+
+    Kept in Django's cache for HISTORY_CACHE_SECONDS per tenant and day: the days it sums end yesterday,
+    so they change when consolidation lands yesterday's counts (or an operator edits a past day), while
+    the monitoring view, the metrics and the MTA configurations ask for them on every request.
+    """
+    keys = {tenant.pk: f"warmup:history-shares:{tenant.pk}:{tenant.today().isoformat()}" for tenant in tenants}
+    found = cache.get_many(list(keys.values()))
+    missing = [tenant for tenant in tenants if keys[tenant.pk] not in found]
+    if missing:
+        days = Q()
+        for tenant in missing:
+            today = tenant.today()
+            days |= Q(ip__tenant=tenant, date__gte=today - timedelta(days=HISTORY_DAYS), date__lt=today)
+        sums = {
+            provider: Coalesce(
+                Sum(Cast(KeyTextTransform("sent", KeyTextTransform(provider, "by_provider")), IntegerField())), 0
+            )
+            for provider in PROVIDERS
+        }
+        summed = {tenant.pk: {} for tenant in missing}  # {}: no mail in those days
+        for row in DailyStat.objects.filter(days).values("ip__tenant_id").annotate(**sums).order_by():
+            sent = {provider: float(row[provider]) for provider in PROVIDERS}
+            if sum(sent.values()) > 0:
+                summed[row["ip__tenant_id"]] = sent
+        computed = {keys[pk]: sent for pk, sent in summed.items()}
+        cache.set_many(computed, HISTORY_CACHE_SECONDS)
+        found.update(computed)
+    return {pk: found[key] for pk, key in keys.items() if found[key]}
 
 
 def percentages(weights: Mapping[str, float]) -> dict[str, float]:
