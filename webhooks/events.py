@@ -308,31 +308,19 @@ def recipient_domain(address: object) -> str:
     return address.rpartition("@")[2].strip().strip(">").lower()
 
 
-def message_id_ref(message_id: object) -> str:
-    """The reference kept for a Message-Id (angle brackets and spaces do not matter)."""
-    if not isinstance(message_id, str):
-        return ""
-    value = message_id.strip(" \t\r\n<>")
-    return f"mid:{value}" if value else ""
-
-
-def mailwizz_ref(campaign_uid: object, subscriber_uid: object) -> str:
-    """The reference kept for MailWizz's (campaign, subscriber) pair."""
-    if not isinstance(campaign_uid, str) or not isinstance(subscriber_uid, str):
-        return ""
-    campaign_uid, subscriber_uid = campaign_uid.strip(), subscriber_uid.strip()
-    if not campaign_uid or not subscriber_uid:
-        return ""
-    return f"mw:{campaign_uid}/{subscriber_uid}"
-
-
-def message_refs(message_id: object, campaign_uid: object, subscriber_uid: object) -> tuple[str, ...]:
-    """The references of a message that names its Message-Id and MailWizz's headers (either may be absent)."""
-    mid = message_id_ref(message_id) if message_id else ""
-    mw = mailwizz_ref(campaign_uid, subscriber_uid) if campaign_uid and subscriber_uid else ""
-    if mid and mw:
-        return (mid, mw)
-    return (mid,) if mid else (mw,) if mw else ()
+def message_refs(message_id: object = "", campaign_uid: object = "", subscriber_uid: object = "") -> tuple[str, ...]:
+    """The references kept for a message, each when given: its Message-Id ("mid:"; angle brackets and
+    spaces do not matter) and MailWizz's (campaign, subscriber) pair ("mw:")."""
+    refs: tuple[str, ...] = ()
+    if message_id and isinstance(message_id, str):
+        value = message_id.strip(" \t\r\n<>")
+        if value:
+            refs = ("mid:" + value,)
+    if campaign_uid and subscriber_uid and isinstance(campaign_uid, str) and isinstance(subscriber_uid, str):
+        campaign_uid, subscriber_uid = campaign_uid.strip(), subscriber_uid.strip()
+        if campaign_uid and subscriber_uid:
+            refs += ("mw:" + campaign_uid + "/" + subscriber_uid,)
+    return refs
 
 
 class DayOf:

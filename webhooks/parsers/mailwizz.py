@@ -7,7 +7,7 @@ X-Mw-Campaign-Uid / X-Mw-Subscriber-Uid and that the MTA reported with the deliv
 
 from __future__ import annotations
 
-from webhooks.events import EventType, InvalidRecord, NormalisedEvent, event_key, mailwizz_ref, parse_time
+from webhooks.events import EventType, InvalidRecord, NormalisedEvent, event_key, message_refs, parse_time
 from webhooks.events import recipient_domain as domain_of
 from webhooks.parsers import Batch, add_records, json_records, load_json, object_field, text_field
 
@@ -41,9 +41,9 @@ def normalise_record(record: dict) -> NormalisedEvent:
     campaign_uid = text_field(campaign, "campaign_uid").strip()
     subscriber_uid = text_field(subscriber, "subscriber_uid").strip()
     email = text_field(subscriber, "email")
-    ref = mailwizz_ref(campaign_uid, subscriber_uid)
+    refs = message_refs("", campaign_uid, subscriber_uid)
     ip = text_field(record, "sending_ip").strip()
-    if not ip and not ref:
+    if not ip and not refs:
         raise InvalidRecord(
             "campaign.attributes.campaign_uid / subscriber.attributes.subscriber_uid: missing, and no sending_ip"
         )
@@ -65,7 +65,7 @@ def normalise_record(record: dict) -> NormalisedEvent:
         ),
         ip=ip,
         ip_field="sending_ip",
-        message_refs=(ref,) if ref else (),
+        message_refs=refs,
         recipient_domain=domain_of(email),
         raw=record,
     )

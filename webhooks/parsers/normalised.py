@@ -18,7 +18,7 @@ from webhooks.events import (
     InvalidRecord,
     NormalisedEvent,
     event_key,
-    message_id_ref,
+    message_refs,
     parse_time,
     recipient_domain,
 )
@@ -56,7 +56,6 @@ def normalise_record(record: dict) -> NormalisedEvent:
     event_id = text_field(record, "event_id")
     message_id = text_field(record, "message_id")
     source_name = text_field(record, "source_name").strip()
-    ref = message_id_ref(message_id)
     response = text_field(record, "response").strip() if event_type is EventType.DEFERRED else ""
     return NormalisedEvent(
         source=SOURCE,
@@ -68,7 +67,7 @@ def normalise_record(record: dict) -> NormalisedEvent:
         ip=ip,
         ip_field="ip",
         source_name=source_name,
-        message_refs=(ref,) if ref else (),
+        message_refs=message_refs(message_id),
         remembers_refs=event_type is EventType.DELIVERED or (event_type is EventType.BOUNCED and not async_bounce),
         recipient_domain=recipient_domain(recipient),
         bounce_class=bounce_class,
