@@ -10,6 +10,7 @@ delivery report for WEBHOOK_MESSAGE_REF_TTL_DAYS by the counter store (`CounterS
 from __future__ import annotations
 
 from domains.models import IP, Tenant, normalise_ip
+from webhooks.events import NormalisedEvent
 
 
 class Attributor:
@@ -24,6 +25,14 @@ class Attributor:
             if name:
                 self.by_name[name] = ip_id
                 self.by_name.setdefault(name.lower(), ip_id)
+
+    def ip_for(self, event: NormalisedEvent) -> int | None:
+        """The tenant's IP id for an event by the IP it names, else by its MTA source name; None when neither
+        is the tenant's (the event may still name a message). ValueError when its IP is not an address."""
+        if event.ip:
+            ip_id = self.by_address.get(event.ip)
+            return ip_id if ip_id is not None else self.ip_for_address(event.ip)
+        return self.ip_for_source_name(event.source_name) if event.source_name else None
 
     def ip_for_address(self, text: str) -> int | None:
         """The tenant's IP id for an address as the record wrote it; None when the tenant has no such IP.

@@ -130,36 +130,21 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
     """
     result = Counted()
     attributor = ctx.attributor
-    by_address = attributor.by_address
     attributed: list[tuple[NormalisedEvent, int]] = []  # (event, IP id)
     pending: list[NormalisedEvent] = []  # to attribute by their references
     remember: dict[str, int] = {}  # references to write with the counts: reference -> IP id
     dead = result.dead
     for event in events:
-        ip_id = None
-        if event.ip:
-            ip_id = by_address.get(event.ip)
-            if ip_id is None:
-                try:
-                    ip_id = attributor.ip_for_address(event.ip)
-                except ValueError:
-                    dead.append(
-                        (event, DeadLetter.Reason.INVALID, f"{event.ip_field}: {event.ip[:60]!r} is not an IP address")
-                    )
-                    continue
-                if ip_id is None:
-                    dead.append(
-                        (
-                            event,
-                            DeadLetter.Reason.UNKNOWN_IP,
-                            f"{event.ip_field}: {event.ip} is not an IP of this tenant",
-                        )
-                    )
-                    continue
-        elif event.source_name:
-            ip_id = attributor.ip_for_source_name(event.source_name)
+        try:
+            ip_id = attributor.ip_for(event)
+        except ValueError:
+            dead.append((event, DeadLetter.Reason.INVALID, f"{event.ip_field}: {event.ip[:60]!r} is not an IP address"))
+            continue
         if ip_id is None:
-            if event.message_refs:
+            if event.ip:
+                reason = f"{event.ip_field}: {event.ip} is not an IP of this tenant"
+                dead.append((event, DeadLetter.Reason.UNKNOWN_IP, reason))
+            elif event.message_refs:
                 pending.append(event)
             else:
                 dead.append((event, DeadLetter.Reason.UNATTRIBUTED, "no sending IP, source name or message reference"))
@@ -258,10 +243,7 @@ def ingest_shared(
         owner = home.pk
         for ctx in listed:
             try:
-                if event.ip:
-                    found = ctx.attributor.ip_for_address(event.ip)
-                else:
-                    found = ctx.attributor.ip_for_source_name(event.source_name) if event.source_name else None
+                found = ctx.attributor.ip_for(event)
             except ValueError:  # not an IP address: the home tenant's pipeline rejects it
                 break
             if found is not None:
