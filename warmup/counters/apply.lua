@@ -1,24 +1,27 @@
 -- KEYS: per IP-day of the batch, its counts hash then its de-duplication set; then (single node) the
--- index key and the window index key; then the window hashes ARGV[9] names.
--- ARGV[1] = de-duplication TTL in seconds; ARGV[2] = position of the index key in KEYS (0: none);
--- ARGV[3] = what the groups add, as JSON: [[field, amount, field, amount ...], ...] (a batch repeats a few
--- dozen of these); ARGV[4] = the groups as one flat JSON array of numbers, three per group: IP-day number,
--- what it adds (position in ARGV[3]), its events; the groups of an IP-day next to each other;
--- ARGV[5] = per IP-day, what its groups add when none of its events is a duplicate (JSON, as ARGV[3]);
--- ARGV[6] = the request's rate-limit window, as JSON [position of its key in KEYS, limit, seconds to keep
--- it] ([0]: none); ARGV[7] = the batch's message references, as JSON [position of their hash in KEYS,
--- seconds to keep it, IP id (text), how many references name it, IP id, how many ...] ([0]: none), and
--- ARGV[8] the references joined by the unit separator, those of each IP of ARGV[7] together in that order
--- (an IP id travels once rather than once a reference); ARGV[9] = the throttling window counters, as JSON
--- [the window hashes' expiry in seconds, buckets per window hash, per IP-day {window hash number: its
--- position in KEYS}, [position in KEYS of a window hash holding a throttling deferral, its latest bucket,
--- ...]] (those go to the window index, a sorted set, with that score); ARGV[9 + n] = the de-duplication
--- keys of IP-day n in the order of its groups, 16 bytes each, end to end.
+-- index key and the window index key; then the window hashes the spec names.
+-- ARGV[1] = the spec, one JSON array: [de-duplication TTL in seconds, position of the index key in KEYS
+-- (0: none), adds, groups, sums, window, references, windows], where
+--   adds = what the groups add: [[field, amount, field, amount ...], ...] (a batch repeats a few dozen);
+--   groups = one flat array of numbers, three per group: IP-day number, what it adds (position in
+--     adds), its events; the groups of an IP-day next to each other;
+--   sums = per IP-day, what its groups add when none of its events is a duplicate (as adds);
+--   window = the request's rate-limit window: [position of its key in KEYS, limit, seconds to keep it]
+--     ([0]: none);
+--   references = [position of their hash in KEYS, seconds to keep it, IP id (text), how many references
+--     name it, IP id, how many ...] ([0]: none);
+--   windows = the throttling window counters: [the window hashes' expiry in seconds, buckets per window
+--     hash, per IP-day {window hash number: its position in KEYS}, [position in KEYS of a window hash
+--     holding a throttling deferral, its latest bucket, ...]] (those go to the window index, a sorted set,
+--     with that score).
+-- ARGV[2] = the references joined by the unit separator, those of each IP of the spec together in that
+-- order (an IP id travels once rather than once a reference); ARGV[2 + n] = the de-duplication keys of
+-- IP-day n in the order of its groups, 16 bytes each, end to end.
 -- A few strings rather than thousands of arguments: packing, sending and reading many arguments costs
 -- redis-py and Redis more than decoding costs the script.
 -- De-duplication is two commands per IP-day, whatever the number of its events: SMISMEMBER tells which
 -- keys the day's set already holds, SADD adds them. When SADD adds every key, none was known and none
--- is repeated: the IP-day adds what ARGV[5] says, and neither the groups nor the keys are looked at one
+-- is repeated: the IP-day adds what its sums say, and neither the groups nor the keys are looked at one
 -- by one (the usual case). Otherwise a key already known is a duplicate, and so is the second occurrence
 -- of a key repeated within the batch; the IP-day's groups are then summed here without their
 -- duplicates. The set's expiry is renewed with each batch, so a key is remembered at least the TTL. Each
@@ -31,7 +34,9 @@
 -- Then the references are written, then the counts.
 -- Returns -1 for a full window, else, per group with duplicates, {its number, 1-based positions among its
 -- keys of the duplicates ...}.
-local window = cjson.decode(ARGV[6])
+local spec = cjson.decode(ARGV[1])
+local ttl, index, adds, groups, sums_of, window, refs, windows =
+  spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7], spec[8]
 if window[1] > 0 then
   local hits = redis.call('INCR', KEYS[window[1]])
   if hits == 1 then
@@ -42,10 +47,9 @@ if window[1] > 0 then
   end
 end
 local CHUNK = 4000
-local refs = cjson.decode(ARGV[7])
 if refs[1] > 0 then
   -- Each IP's references are cut with a plain find (faster than a pattern) and followed by its id.
-  local packed, fields, n, first = ARGV[8], {}, 0, 1
+  local packed, fields, n, first = ARGV[2], {}, 0, 1
   local find, sub = string.find, string.sub
   for group = 3, #refs, 2 do
     local ip_id = refs[group]
@@ -62,16 +66,12 @@ if refs[1] > 0 then
   end
   redis.call('EXPIRE', KEYS[refs[1]], refs[2])
 end
-local ttl = ARGV[1]
-local index = tonumber(ARGV[2])
-local windows = cjson.decode(ARGV[9])
 local window_ttl, per_hash, window_keys = windows[1], windows[2], windows[3]
-local sums_of = cjson.decode(ARGV[5])
-local adds, groups, first_group = nil, nil, nil
+local first_group = nil
 local found = {}
 local touched = {}
 for h = 1, #sums_of do
-  local packed = ARGV[9 + h]
+  local packed = ARGV[2 + h]
   local keys = {}
   local k = 0
   for first = 1, #packed, 16 do
@@ -114,8 +114,7 @@ for h = 1, #sums_of do
   local sums = sums_of[h]
   if flags then
     -- The IP-day's sums, group by group, without the duplicates.
-    if groups == nil then
-      adds, groups = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
+    if first_group == nil then
       first_group = {}
       for j = #groups - 2, 1, -3 do
         first_group[groups[j]] = j

@@ -224,10 +224,10 @@ class RedisCounterStore(CounterStore):
             keys += (INDEX_KEY, WINDOW_INDEX_KEY)
             index = len(keys) - 1
         flat_sums = [[item for pair in sums.items() for item in pair] for sums in day_sums]
-        window_spec = "[0]"
+        window_spec = [0]
         if window is not None:
             keys.append(window.name)
-            window_spec = _dumps([len(keys), window.limit, 2 * window.seconds])  # kept past its end
+            window_spec = [len(keys), window.limit, 2 * window.seconds]  # kept past its end
         refs_spec, refs_packed = self._refs_args(keys, refs)
         # The window hashes last, each named by its position: {hour: position in KEYS} per IP-day.
         window_keys: list[dict[str, int]] = []
@@ -240,13 +240,10 @@ class RedisCounterStore(CounterStore):
                 if bucket:
                     throttled[len(keys)] = bucket
             window_keys.append(positions)
-        windows_spec = _dumps(
-            [WINDOW_TTL_SECONDS, BUCKETS_PER_WINDOW_HASH, window_keys, list(chain.from_iterable(throttled.items()))]
-        )
-        args = [
-            self._ttl, index, _dumps(adds), _dumps(encoded), _dumps(flat_sums), window_spec, refs_spec, refs_packed,
-            windows_spec, *map(_digests, day_keys),
-        ]  # fmt: skip
+        throttled_list = [*chain.from_iterable(throttled.items())]
+        windows_spec = [WINDOW_TTL_SECONDS, BUCKETS_PER_WINDOW_HASH, window_keys, throttled_list]
+        spec = [self._ttl, index, adds, encoded, flat_sums, window_spec, refs_spec, windows_spec]
+        args = [_dumps(spec), refs_packed, *map(_digests, day_keys)]
         return keys, args, (items, keys, hashes, throttled)
 
     @staticmethod
@@ -345,11 +342,11 @@ class RedisCounterStore(CounterStore):
                     found[ref] = int(value)
         return found
 
-    def _refs_args(self, keys: list[str], refs: References | None) -> tuple[str, str]:
-        """The script's arguments for `refs` (their hash is appended to `keys`): the spec (the hash, its
-        expiry, then each IP id with how many references name it) and the references, grouped by IP."""
+    def _refs_args(self, keys: list[str], refs: References | None) -> tuple[list, str]:
+        """The script's spec of `refs` (their hash, appended to `keys`, its expiry, then each IP id with how
+        many references name it; [0] for none) and the references, grouped by IP."""
         if refs is None:
-            return "[0]", ""
+            return [0], ""
         items = refs.refs.items()
         joined = "".join(refs.refs)
         if not (joined.isascii() and "\x1f" not in joined and max(map(len, refs.refs)) <= 200):
@@ -366,17 +363,15 @@ class RedisCounterStore(CounterStore):
         spec: list[int | str] = [len(keys), ttl]
         for ip_id, named in by_ip.items():
             spec += (str(ip_id), len(named))  # text: the script writes it as it comes (no number formatting)
-        return _dumps(spec), "\x1f".join(chain.from_iterable(by_ip.values()))
+        return spec, "\x1f".join(chain.from_iterable(by_ip.values()))
 
     @_redis_reachable
     def write_refs(self, tenant_id: int, refs: Mapping[str, int]) -> None:
         if refs:
             keys: list[str] = []
             spec, packed = self._refs_args(keys, References(tenant_id, refs))
-            self._apply_script(
-                keys=keys,
-                args=[self._ttl, 0, "[]", "[]", "[]", "[0]", spec, packed, "[0, 1, [], []]"],
-            )
+            nothing = [self._ttl, 0, [], [], [], [0], spec, [0, 1, [], []]]
+            self._apply_script(keys=keys, args=[_dumps(nothing), packed])
 
     # --- Fixed windows (the webhooks' rate limit): a counter key per window, expiring after it ------
 
