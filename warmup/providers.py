@@ -73,13 +73,14 @@ def _history_shares(tenants: list[Tenant]) -> dict[int, dict[str, float]]:
     so they change when consolidation lands yesterday's counts (or an operator edits a past day), while
     the monitoring view, the metrics and the MTA configurations ask for them on every request.
     """
-    keys = {tenant.pk: f"warmup:history-shares:{tenant.pk}:{tenant.today().isoformat()}" for tenant in tenants}
+    todays = {tenant.pk: tenant.today() for tenant in tenants}
+    keys = {pk: f"warmup:history-shares:{pk}:{today.isoformat()}" for pk, today in todays.items()}
     found = cache.get_many(list(keys.values()))
     missing = [tenant for tenant in tenants if keys[tenant.pk] not in found]
     if missing:
         days = Q()
         for tenant in missing:
-            today = tenant.today()
+            today = todays[tenant.pk]
             days |= Q(ip__tenant=tenant, date__gte=today - timedelta(days=HISTORY_DAYS), date__lt=today)
         sums = {
             provider: Coalesce(
