@@ -529,7 +529,7 @@ def test_reprocess_action_counts_dead_letters_whose_ip_is_now_known(client, memb
     letter.refresh_from_db()
     unknown.refresh_from_db()
     assert letter.processed_at is not None and unknown.processed_at is None
-    assert get_store().sent_on([(plan.ip.pk, TODAY)]) == {(plan.ip.pk, TODAY): 1}
+    assert get_store().read(plan.ip.pk, TODAY)["sent"] == 1
 
 
 # --- Tenants and tokens ----------------------------------------------------------------------------------

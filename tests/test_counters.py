@@ -13,6 +13,7 @@ from redis.retry import Retry
 from tests.factories import IPFactory
 from tests.support import start_script, subprocess_env
 from warmup.counters import (
+    PROVIDERS,
     CounterStoreUnavailable,
     DatabaseCounterStore,
     Increment,
@@ -134,7 +135,7 @@ def test_dedup_keys_are_remembered_for_the_configured_days(backend, request, ip)
         assert CounterDedupKey.objects.get(key=dedup_digest("event-ttl").hex()).expires_at == NOW + timedelta(days=3)
 
 
-def test_sent_on_reads_several_ip_days_and_zero_for_absent_ones(store, ip):
+def test_sent_by_provider_reads_several_ip_days_and_zero_for_absent_ones(store, ip):
     other = IPFactory()
     store.apply(
         [
@@ -145,15 +146,16 @@ def test_sent_on_reads_several_ip_days_and_zero_for_absent_ones(store, ip):
         ]
     )
 
-    sent = store.sent_on(
+    sent = store.sent_by_provider(
         [(ip.id, DAY), (other.id, DAY), (ip.id, DAY - timedelta(days=1)), (other.id, DAY + timedelta(1))]
     )
 
+    nothing = dict.fromkeys(PROVIDERS, 0)
     assert sent == {
-        (ip.id, DAY): 7,
-        (other.id, DAY): 2,
-        (ip.id, DAY - timedelta(days=1)): 0,
-        (other.id, DAY + timedelta(1)): 0,
+        (ip.id, DAY): {**nothing, "gmail": 4, "microsoft": 3},
+        (other.id, DAY): {**nothing, "other": 2},
+        (ip.id, DAY - timedelta(days=1)): nothing,
+        (other.id, DAY + timedelta(1)): nothing,
     }
 
 
@@ -177,7 +179,7 @@ def test_a_bad_increment_is_refused_and_nothing_of_the_batch_is_counted(store, i
 
 def test_an_empty_batch_is_a_no_op(store):
     assert store.apply([]) == []
-    assert store.sent_on([]) == {}
+    assert store.sent_by_provider([]) == {}
 
 
 def test_an_unreachable_redis_raises_counter_store_unavailable():

@@ -182,6 +182,24 @@ def test_webhooks_count_exactly_across_the_nodes_and_a_retry_counts_nothing_twic
     assert store.read(ips[0].pk, first_day)["delivered"] == expected[(ips[0].pk, first_day)] + 10
 
 
+def test_the_rate_limit_counts_every_request_on_a_cluster_and_refuses_past_it(client, db, on_cluster, settings):
+    settings.WEBHOOK_RATE_LIMIT_PER_MINUTE = 3
+    tenant = TenantFactory(time_zone="UTC")
+    ip = IPFactory(domain=DomainFactory(tenant=tenant), address="10.1.1.1")
+    poster = Poster(client, WebhookToken.issue(tenant)[1])
+    at = int(time.time())
+    counted = csv_body([f"d,{at},u1@gmail.com,{ip.address},<w1@x>"])
+    ignored = csv_body([f"r,{at},u2@gmail.com,{ip.address},<w2@x>"])  # nothing to count: a hit all the same
+
+    statuses = [poster.post(POWERMTA, body, "text/csv").status_code for body in (counted, ignored, ignored, counted)]
+
+    assert statuses == [200, 200, 200, 429]
+    assert get_store().read(ip.pk, datetime.fromtimestamp(at, UTC).date())["delivered"] == 1  # not the refused one
+    windows = list(on_cluster.scan_iter(match=f"wp:rl:{{t{tenant.pk}}}:*", target_nodes=redis.RedisCluster.PRIMARIES))
+    assert [int(on_cluster.get(key)) for key in windows] == [4]
+    assert 60 < on_cluster.ttl(windows[0]) <= 120
+
+
 def test_throttling_window_counters_share_the_ip_days_slot_and_suspend_on_a_cluster(client, db, on_cluster):
     tenant = TenantFactory(time_zone="UTC")
     ips = [IPFactory(domain=DomainFactory(tenant=tenant), address=f"10.2.0.{n}") for n in range(1, 7)]

@@ -295,7 +295,7 @@ def hits(tenant_id: int, now: float, count: int) -> list[bool]:
     admitted = []
     for _ in range(count):
         try:
-            get_store().hit_window(ratelimit.window_for(tenant_id, now=now))
+            get_store().count_grouped({}, window=ratelimit.window_for(tenant_id, now=now))
         except WindowFull:
             admitted.append(False)
         else:

@@ -72,10 +72,6 @@ class NormalisedEvent:
     # A deferral's SMTP reply (enhanced code and text), classified when counted (`webhooks.deferrals`).
     smtp_reply: str = ""
 
-    @property
-    def occurred_at_datetime(self) -> datetime:
-        return datetime.fromtimestamp(self.occurred_at, UTC)
-
     def counts(self) -> dict[str, int]:
         return dict(count_items(self.type, self.bounce_class, self.async_bounce))
 

@@ -190,13 +190,12 @@ def count_events(ctx: TenantContext, events: Sequence[NormalisedEvent], window: 
     result.counted = [event for event, _ in attributed]
 
     # The references go with the counts, written first: if they cannot be written, nothing is counted
-    # and the sender posts the batch again.
-    if groups:
+    # and the sender posts the batch again. A request with nothing to count is a hit of the window all
+    # the same.
+    if groups or window is not None:
         refs = References(ctx.tenant.pk, remember) if remember else None
         result.accepted = ctx.store.count_grouped(_by_counts(groups), refs, window)
         result.duplicates = len(attributed) - result.accepted
-    elif window is not None:
-        ctx.store.hit_window(window)  # a request with nothing to count is a request all the same
     return result
 
 

@@ -61,7 +61,9 @@ class DatabaseCounterStore(CounterStore):
         window: Window | None = None,
     ) -> set[tuple[GroupKey, int]]:
         if window is not None:
-            self.hit_window(window)
+            self._hit_window(window)
+        if not groups:
+            return set()  # a request with nothing to count: no query
         adds = {key: _fields_of(key[2], key[3]) for key in groups}  # ValueError for an unknown counter
         digests = {key: [dedup_digest(dedup_key).hex() for dedup_key in keys] for key, keys in groups.items()}
         duplicates: set[tuple[GroupKey, int]] = set()
@@ -201,7 +203,7 @@ class DatabaseCounterStore(CounterStore):
     _windows: dict[str, tuple[float, int]] = {}  # name -> (expiry on the monotonic clock, hits)
     _windows_lock = threading.Lock()
 
-    def hit_window(self, window: Window) -> None:
+    def _hit_window(self, window: Window) -> None:
         now = time.monotonic()
         with self._windows_lock:
             if len(self._windows) > 10_000:  # forget finished windows now and then

@@ -245,18 +245,10 @@ class CounterStore:
         once even if killed at any instant and run again, and while increments keep arriving."""
         raise NotImplementedError
 
-    def hit_window(self, window: Window) -> None:
-        """Count one hit of the window (a request with nothing to count); WindowFull when it is full."""
-        raise NotImplementedError
-
     def sent_by_provider(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], dict[str, int]]:
         """Live "sent" of several IP-days per mailbox provider (every provider, zero when absent), in one
         round trip."""
         raise NotImplementedError
-
-    def sent_on(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], int]:
-        """Live "sent" of several IP-days, in one round trip."""
-        return {key: sum(sent.values()) for key, sent in self.sent_by_provider(keys).items()}
 
     def read(self, ip_id: int, day: date) -> dict[str, int]:
         """Live totals of one IP-day (every counter, zero when absent)."""

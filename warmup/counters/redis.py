@@ -154,7 +154,7 @@ class RedisCounterStore(CounterStore):
                 raise WindowFull(window.name)
             return self._decode_apply(context, reply)
         if window is not None:
-            self.hit_window(window)
+            self._hit_window(window)
         if refs is not None:
             self.write_refs(refs.tenant_id, refs.refs)
         by_slot: dict[int, list] = defaultdict(list)
@@ -171,7 +171,8 @@ class RedisCounterStore(CounterStore):
             windows.update({keys[position - 1]: bucket for position, bucket in context[3].items()})
         # Every IP-day of the batch, duplicates included: had the process died between an earlier try's
         # counts and its index entry, the sender's retry (all duplicates) puts the entry back.
-        self.client.sadd(INDEX_KEY, *hashes)
+        if hashes:
+            self.client.sadd(INDEX_KEY, *hashes)
         if windows:
             self.client.zadd(WINDOW_INDEX_KEY, windows, gt=True)
         return duplicates
@@ -373,10 +374,10 @@ class RedisCounterStore(CounterStore):
             nothing = [self._ttl, 0, [], [], [], [0], spec, [0, 1, [], []]]
             self._apply_script(keys=keys, args=[_dumps(nothing), packed])
 
-    # --- Fixed windows (the webhooks' rate limit): a counter key per window, expiring after it ------
+    # --- Fixed windows (the webhooks' rate limit) on a cluster, where the counting script cannot take the
+    # window's key: a counter key per window, expiring after it. A single node counts it in the script.
 
-    @_redis_reachable
-    def hit_window(self, window: Window) -> None:
+    def _hit_window(self, window: Window) -> None:
         hits = self.client.incr(window.name)
         if hits == 1:  # the window's first hit sets its expiry, kept past it: a slow clock never resets it
             self.client.expire(window.name, 2 * window.seconds)
