@@ -1,11 +1,10 @@
 -- KEYS: per IP-day of the batch, its counts hash then its de-duplication set; then (single node) the
 -- index key and the window index key; then the window hashes the spec names.
 -- ARGV[1] = the spec, one JSON array: [de-duplication TTL in seconds, position of the index key in KEYS
--- (0: none), adds, groups, sums, window, references, windows], where
+-- (0: none), adds, groups, window, references, windows], where
 --   adds = what the groups add: [[field, amount, field, amount ...], ...] (a batch repeats a few dozen);
 --   groups = one flat array of numbers, three per group: IP-day number, what it adds (position in
 --     adds), its events; the groups of an IP-day next to each other;
---   sums = per IP-day, what its groups add when none of its events is a duplicate (as adds);
 --   window = the request's rate-limit window: [position of its key in KEYS, limit, seconds to keep it]
 --     ([0]: none);
 --   references = [position of their hash in KEYS, seconds to keep it, IP id (text), how many references
@@ -21,12 +20,11 @@
 -- redis-py and Redis more than decoding costs the script.
 -- De-duplication is two commands per IP-day, whatever the number of its events: SMISMEMBER tells which
 -- keys the day's set already holds, SADD adds them. When SADD adds every key, none was known and none
--- is repeated: the IP-day adds what its sums say, and neither the groups nor the keys are looked at one
--- by one (the usual case). Otherwise a key already known is a duplicate, and so is the second occurrence
--- of a key repeated within the batch; the IP-day's groups are then summed here without their
--- duplicates. The set's expiry is renewed with each batch, so a key is remembered at least the TTL. Each
--- field of an IP-day gets one HINCRBY per batch (Lua numbers are doubles: exact below 2^53), and the
--- IP-days counted go to the index in one SADD.
+-- is repeated (the usual case): the keys are not looked at one by one. Otherwise a key already known is
+-- a duplicate, and so is the second occurrence of a key repeated within the batch. The set's expiry is
+-- renewed with each batch, so a key is remembered at least the TTL. The IP-day's groups are then summed
+-- without their duplicates: each field of an IP-day gets one HINCRBY per batch (Lua numbers are doubles:
+-- exact below 2^53), and the IP-days counted go to the index in one SADD.
 -- A field whose name starts with "@" is a window counter ("@d<bucket>:<provider>"): it goes to the window
 -- hash of its IP-day and hour (bucket // buckets per hash), which expires by itself, instead of the
 -- counts hash, which consolidation reads.
@@ -35,8 +33,7 @@
 -- Returns -1 for a full window, else, per group with duplicates, {its number, 1-based positions among its
 -- keys of the duplicates ...}.
 local spec = cjson.decode(ARGV[1])
-local ttl, index, adds, groups, sums_of, window, refs, windows =
-  spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7], spec[8]
+local ttl, index, adds, groups, window, refs, windows = spec[1], spec[2], spec[3], spec[4], spec[5], spec[6], spec[7]
 if window[1] > 0 then
   local hits = redis.call('INCR', KEYS[window[1]])
   if hits == 1 then
@@ -67,10 +64,14 @@ if refs[1] > 0 then
   redis.call('EXPIRE', KEYS[refs[1]], refs[2])
 end
 local window_ttl, per_hash, window_keys = windows[1], windows[2], windows[3]
-local first_group = nil
+-- Where the groups of each IP-day start in `groups` (they are next to each other).
+local first_group = {}
+for j = #groups - 2, 1, -3 do
+  first_group[groups[j]] = j
+end
 local found = {}
 local touched = {}
-for h = 1, #sums_of do
+for h = 1, #ARGV - 2 do
   local packed = ARGV[2 + h]
   local keys = {}
   local k = 0
@@ -111,56 +112,44 @@ for h = 1, #sums_of do
       end
     end
   end
-  local sums = sums_of[h]
-  if flags then
-    -- The IP-day's sums, group by group, without the duplicates.
-    if first_group == nil then
-      first_group = {}
-      for j = #groups - 2, 1, -3 do
-        first_group[groups[j]] = j
-      end
-    end
-    local totals = {}
-    local offset = 0
-    local j = first_group[h]
-    while j <= #groups and groups[j] == h do
-      local fields, keyed, counted = adds[groups[j + 1]], groups[j + 2], 0
+  -- The IP-day's sums, group by group, without the duplicates.
+  local sums = {}
+  local offset = 0
+  local j = first_group[h]
+  while j <= #groups and groups[j] == h do
+    local fields, keyed = adds[groups[j + 1]], groups[j + 2]
+    local counted = keyed
+    if flags then
       local result = {(j + 2) / 3}
       for i = 1, keyed do
-        if flags[offset + i] == 0 then
-          counted = counted + 1
-        else
+        if flags[offset + i] ~= 0 then
           result[#result + 1] = i
         end
       end
-      offset = offset + keyed
+      counted = keyed - (#result - 1)
       if #result > 1 then
         found[#found + 1] = result
       end
-      if counted > 0 then
-        for f = 1, #fields, 2 do
-          totals[fields[f]] = (totals[fields[f]] or 0) + fields[f + 1] * counted
-        end
+    end
+    offset = offset + keyed
+    if counted > 0 then
+      for f = 1, #fields, 2 do
+        sums[fields[f]] = (sums[fields[f]] or 0) + fields[f + 1] * counted
       end
-      j = j + 3
     end
-    sums = {}
-    for field, amount in pairs(totals) do
-      sums[#sums + 1] = field
-      sums[#sums + 1] = amount
-    end
+    j = j + 3
   end
-  local counts, windowed = KEYS[2 * h - 1], nil
-  for f = 1, #sums, 2 do
-    local field = sums[f]
+  local counts, windowed, any = KEYS[2 * h - 1], nil, false
+  for field, amount in pairs(sums) do
+    any = true
     if string.byte(field, 1) == 64 then -- "@"
       local bucket = tonumber(string.sub(field, 3, string.find(field, ':', 3, true) - 1))
       local hash = KEYS[window_keys[h][tostring(math.floor(bucket / per_hash))]]
-      redis.call('HINCRBY', hash, field, sums[f + 1])
+      redis.call('HINCRBY', hash, field, amount)
       windowed = windowed or {}
       windowed[hash] = true
     else
-      redis.call('HINCRBY', counts, field, sums[f + 1])
+      redis.call('HINCRBY', counts, field, amount)
     end
   end
   if windowed then
@@ -168,7 +157,7 @@ for h = 1, #sums_of do
       redis.call('EXPIRE', hash, window_ttl)
     end
   end
-  if #sums > 0 then
+  if any then
     touched[#touched + 1] = counts
   end
 end

@@ -80,12 +80,10 @@ def _digests(keys: Sequence[str | None]) -> bytes:
 
 
 @lru_cache(maxsize=4096)
-def _kind_of(provider: str, counts: tuple[tuple[str, int], ...]) -> tuple[tuple, tuple, tuple[int, bool] | None]:
-    """What a group of `provider` and `counts` adds: its fields and amounts (checked), as one flat tuple
-    and as pairs, and its window (`_window_of`). Batches repeat a few dozen of these: they are checked and
-    built once per process."""
-    fields = _fields_of(provider, counts)
-    return fields, tuple(zip(fields[::2], fields[1::2], strict=True)), _window_of(counts)
+def _kind_of(provider: str, counts: tuple[tuple[str, int], ...]) -> tuple[tuple, tuple[int, bool] | None]:
+    """What a group of `provider` and `counts` adds: its fields and amounts (checked), and its window
+    (`_window_of`). Batches repeat a few dozen of these: they are checked and built once per process."""
+    return _fields_of(provider, counts), _window_of(counts)
 
 
 def _window_of(counts: tuple[tuple[str, int], ...]) -> tuple[int, bool] | None:
@@ -188,26 +186,23 @@ class RedisCounterStore(CounterStore):
         adds: list[tuple[str | int, ...]] = []  # what groups add (field, amount ...); groups name it by position
         encoded: list[int] = []  # three numbers per group, see _APPLY_LUA
         day_keys: list[list[str]] = []  # per IP-day, the de-duplication keys of its groups in order
-        day_sums: list[dict[str, int]] = []  # per IP-day, what its groups add if none is a duplicate
-        # (provider, counts) -> (its number in `adds`, (field, amount) pairs, `_window_of(counts)`)
-        kinds: dict[tuple, tuple] = {}
+        kinds: dict[tuple, tuple] = {}  # (provider, counts) -> (its number in `adds`, `_window_of(counts)`)
         day_windows: list[dict[int, int]] = []  # per IP-day, its window hashes: hour -> latest throttling bucket
         tags: list[str] = []
         for key, dedup_keys in items:
             ip_id, day, provider, counts = key
             kind = kinds.get((provider, counts))
             if kind is None:
-                fields, pairs, window_of = _kind_of(provider, counts)
+                fields, window_of = _kind_of(provider, counts)
                 adds.append(fields)
-                kind = kinds[(provider, counts)] = (len(adds), pairs, window_of)
-            adding, pairs, window_of = kind
+                kind = kinds[(provider, counts)] = (len(adds), window_of)
+            adding, window_of = kind
             position = hashes.get((ip_id, day))
             if position is None:
                 tag = day_tag(ip_id, day)
                 keys += (tag + ":c", tag + ":d")
                 tags.append(tag)
                 day_keys.append([])
-                day_sums.append({})
                 day_windows.append({})
                 position = hashes[(ip_id, day)] = len(day_keys)
             if window_of is not None:
@@ -215,16 +210,12 @@ class RedisCounterStore(CounterStore):
                 hours = day_windows[position - 1]
                 hour = bucket // BUCKETS_PER_WINDOW_HASH
                 hours[hour] = max(hours.get(hour, 0), bucket if throttling else 0)
-            sums, events = day_sums[position - 1], len(dedup_keys)
-            for field, amount in pairs:
-                sums[field] = sums.get(field, 0) + amount * events
             encoded += (position, adding, len(dedup_keys))
             day_keys[position - 1] += dedup_keys
         index = 0
         if with_index:
             keys += (INDEX_KEY, WINDOW_INDEX_KEY)
             index = len(keys) - 1
-        flat_sums = [[item for pair in sums.items() for item in pair] for sums in day_sums]
         window_spec = [0]
         if window is not None:
             keys.append(window.name)
@@ -243,7 +234,7 @@ class RedisCounterStore(CounterStore):
             window_keys.append(positions)
         throttled_list = [*chain.from_iterable(throttled.items())]
         windows_spec = [WINDOW_TTL_SECONDS, BUCKETS_PER_WINDOW_HASH, window_keys, throttled_list]
-        spec = [self._ttl, index, adds, encoded, flat_sums, window_spec, refs_spec, windows_spec]
+        spec = [self._ttl, index, adds, encoded, window_spec, refs_spec, windows_spec]
         args = [_dumps(spec), refs_packed, *map(_digests, day_keys)]
         return keys, args, (items, keys, hashes, throttled)
 
@@ -371,7 +362,7 @@ class RedisCounterStore(CounterStore):
         if refs:
             keys: list[str] = []
             spec, packed = self._refs_args(keys, References(tenant_id, refs))
-            nothing = [self._ttl, 0, [], [], [], [0], spec, [0, 1, [], []]]
+            nothing = [self._ttl, 0, [], [], [0], spec, [0, 1, [], []]]
             self._apply_script(keys=keys, args=[_dumps(nothing), packed])
 
     # --- Fixed windows (the webhooks' rate limit) on a cluster, where the counting script cannot take the
