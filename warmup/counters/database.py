@@ -93,46 +93,40 @@ class DatabaseCounterStore(CounterStore):
         return duplicates
 
     def _insert_dedup_keys(self, keys: list[str]) -> set[str]:
-        if not keys:
-            return set()
+        """Insert the keys not kept yet; returns those that were new."""
         quote = connection.ops.quote_name
-        table, key_column, expires_column = quote(CounterDedupKey._meta.db_table), quote("key"), quote("expires_at")
+        table, key = quote(CounterDedupKey._meta.db_table), quote("key")
         expires = connection.ops.adapt_datetimefield_value(
             timezone.now() + timedelta(days=settings.WEBHOOK_DEDUP_TTL_DAYS)
         )
-        inserted: set[str] = set()
-        with connection.cursor() as cursor:
-            for start in range(0, len(keys), self.CHUNK):
-                chunk = keys[start : start + self.CHUNK]
-                params: list = []
-                for key in chunk:
-                    params += (key, expires)
-                values = ", ".join(["(%s, %s)"] * len(chunk))
-                cursor.execute(
-                    f"INSERT INTO {table} ({key_column}, {expires_column}) VALUES {values} "
-                    f"ON CONFLICT ({key_column}) DO NOTHING RETURNING {key_column}",
-                    params,
-                )
-                inserted.update(row[0] for row in cursor.fetchall())
-        return inserted
+        inserted = self._insert(
+            f"INSERT INTO {table} ({key}, {quote('expires_at')}) VALUES {{}} ON CONFLICT ({key}) DO NOTHING "
+            f"RETURNING {key}",
+            [(k, expires) for k in keys],
+        )
+        return {row[0] for row in inserted}
 
     def _add_to_cells(self, cells: list[tuple[tuple[int, date, str], int]]) -> None:
-        if not cells:
-            return
         table = connection.ops.quote_name(CounterCell._meta.db_table)
         adapt = connection.ops.adapt_datefield_value
+        self._insert(
+            f"INSERT INTO {table} (ip_id, date, field, value) VALUES {{}} "
+            f"ON CONFLICT (ip_id, date, field) DO UPDATE SET value = {table}.value + EXCLUDED.value",
+            [(ip_id, adapt(day), field, value) for (ip_id, day, field), value in cells],
+        )
+
+    def _insert(self, sql: str, rows: list[tuple]) -> list[tuple]:
+        """`sql`, an INSERT whose VALUES are "{}", run over `rows` CHUNK at a time; the rows it returns."""
+        returned: list[tuple] = []
         with connection.cursor() as cursor:
-            for start in range(0, len(cells), self.CHUNK):
-                chunk = cells[start : start + self.CHUNK]
-                params: list = []
-                for (ip_id, day, field), value in chunk:
-                    params += (ip_id, adapt(day), field, value)
-                cursor.execute(
-                    f"INSERT INTO {table} (ip_id, date, field, value) "
-                    f"VALUES {', '.join(['(%s, %s, %s, %s)'] * len(chunk))} "
-                    f"ON CONFLICT (ip_id, date, field) DO UPDATE SET value = {table}.value + EXCLUDED.value",
-                    params,
-                )
+            for start in range(0, len(rows), self.CHUNK):
+                chunk = rows[start : start + self.CHUNK]
+                placeholders = "(" + ", ".join(["%s"] * len(chunk[0])) + ")"
+                params = [value for row in chunk for value in row]
+                cursor.execute(sql.format(", ".join([placeholders] * len(chunk))), params)
+                if cursor.description is not None:
+                    returned += cursor.fetchall()
+        return returned
 
     def sent_by_provider(self, keys: Sequence[tuple[int, date]]) -> dict[tuple[int, date], dict[str, int]]:
         if not keys:
