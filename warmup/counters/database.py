@@ -62,7 +62,7 @@ class DatabaseCounterStore(CounterStore):
     ) -> set[tuple[GroupKey, int]]:
         if window is not None:
             self._hit_window(window)
-        if not groups:
+        if not groups and refs is None:
             return set()  # a request with nothing to count: no query
         adds = {key: _fields_of(key[2], key[3]) for key in groups}  # ValueError for an unknown counter
         digests = {key: [dedup_digest(dedup_key).hex() for dedup_key in keys] for key, keys in groups.items()}
