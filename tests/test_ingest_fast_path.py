@@ -7,6 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 import redis
 import time_machine
+from hypothesis import example, given
+from hypothesis import strategies as st
 from redis.crc import key_slot
 from xxhash import xxh3_128_digest
 
@@ -215,6 +217,35 @@ def test_powermta_times_of_a_minute_seen_before_read_only_their_seconds():
         powermta_time("2026-11-27 13:59:6x+0200", "timeLogged")
     with pytest.raises(InvalidRecord, match="timeQueued"):
         powermta_time("2026-11-27 13:59:60+0200", "timeQueued")
+
+
+def _time_or_error(parse, text: str):
+    try:
+        return parse(text, "timeLogged")
+    except InvalidRecord as exc:
+        return str(exc)
+
+
+# PowerMTA's form with any of its characters changed: digits, separators, zones, spaces at either end.
+_ALMOST_POWERMTA = st.builds(
+    lambda chars, changes: "".join(changes.get(i, c) for i, c in enumerate(chars)),
+    st.sampled_from(
+        ["2026-11-27 13:59:34+0200", "2016-05-29 01:10:51-0530", "1999-12-31 23:59:59+0000", "20260101T000000+0200    "]
+    ),
+    st.dictionaries(st.integers(0, 23), st.sampled_from(list("0123456789 :+-TZ.x,")), max_size=6),
+)
+
+
+@given(_ALMOST_POWERMTA)
+@example("2026-11-27 13:59:60+0200")
+@example(" 2026-11-27 13:59:34+02 ")
+@example("2026-11-27 24:00:00+0200")
+@example("2016-05-29 01+10:51.0530")  # ISO reads "+10:51.0530" as the zone: 51 is no second there
+def test_powermta_time_reads_any_text_as_parse_time_does(text):
+    # Twice: the first may fill the minute cache, the second reads it.
+    expected = _time_or_error(parse_time, text)
+    assert _time_or_error(powermta_time, text) == expected
+    assert _time_or_error(powermta_time, text) == expected
 
 
 def test_gc_paused_restores_the_collector_as_it_found_it():

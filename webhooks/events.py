@@ -234,51 +234,35 @@ def parse_time(value: object, field_name: str) -> int:
     return int(seconds)
 
 
-_midnights: dict[str, int] = {}
-# "YYYY-MM-DD HH:MM" + zone -> Unix seconds of that minute; hot loops may read it directly, as
-# `powermta_time` does first, before calling it.
+# "YYYY-MM-DD HH:MM" + zone -> Unix seconds of that minute (see `powermta_time`).
 POWERMTA_MINUTES: dict[str, int] = {}
 SECONDS = {f"{second:02d}": second for second in range(60)}  # "00" ... "59" -> 0 ... 59
 
 
 def powermta_time(text: str, field_name: str) -> int:
-    """`parse_time` with a fast path for PowerMTA's own form "2016-05-29 01:10:51+0200".
+    """`parse_time` with a cache for PowerMTA's own form "2016-05-29 01:10:51+0200".
 
-    The date and zone part is converted once and cached; the time of day is added by arithmetic.
-    Accounting records come in time order, so most share a minute with an earlier record: a minute
-    already seen (the text but for its seconds equals a text that passed the checks below; only a
-    24-character text can match) needs only its seconds read.
+    Accounting records come in time order, so most share a minute with an earlier record: the minute (the
+    text with "00" for its seconds) is converted by `parse_time` once and cached, and a record of a minute
+    already seen needs only its seconds read. A text shares its minute's key (all but its seconds) only
+    with texts of the same form.
     """
     minute_key = text[:16] + text[19:]
     minute = POWERMTA_MINUTES.get(minute_key)
-    if minute is not None and text[16] == ":":
-        seconds = SECONDS.get(text[17:19])
-        if seconds is not None:
-            return minute + seconds
-    if (
-        len(text) == 24
-        and text[10] == " "
-        and text[13] == ":"
-        and text[16] == ":"
-        and text[19] in "+-"
-        and text[11:13].isdigit()
-        and text[14:16].isdigit()
-        and text[17:19].isdigit()
-    ):
-        hours, minutes, seconds = int(text[11:13]), int(text[14:16]), int(text[17:19])
-        if hours < 24 and minutes < 60 and seconds < 60:
-            day_and_zone = text[:10] + text[19:]
-            midnight = _midnights.get(day_and_zone)
-            if midnight is None:
-                midnight = parse_time(f"{text[:10]} 00:00:00{text[19:]}", field_name)
-                if len(_midnights) > 10_000:
-                    _midnights.clear()
-                _midnights[day_and_zone] = midnight
-            if len(POWERMTA_MINUTES) > 50_000:
-                POWERMTA_MINUTES.clear()
-            POWERMTA_MINUTES[minute_key] = midnight + hours * 3600 + minutes * 60
-            return midnight + hours * 3600 + minutes * 60 + seconds
-    return parse_time(text, field_name)
+    seconds = SECONDS.get(text[17:19]) if text[16:17] == ":" else None
+    if minute is not None and seconds is not None:
+        return minute + seconds
+    # Between ":" and the zone nothing but seconds: ISO 8601 would read "01+10:51.0530" otherwise.
+    if seconds is None or len(text) != 24 or text[13] != ":" or text[19] not in "+-":
+        return parse_time(text, field_name)
+    try:
+        minute = parse_time(text[:17] + "00" + text[19:], field_name)
+    except InvalidRecord:
+        return parse_time(text, field_name)  # the error names the text as it came
+    if len(POWERMTA_MINUTES) > 50_000:
+        POWERMTA_MINUTES.clear()
+    POWERMTA_MINUTES[minute_key] = minute
+    return minute + seconds
 
 
 def _parse_datetime_text(text: str, field_name: str) -> float:
