@@ -65,7 +65,6 @@ class NormalisedEvent:
     remembers_refs: bool = False
     recipient_domain: str = ""
     bounce_class: str = ""
-    bounce_category: str = ""
     async_bounce: bool = False
     raw: Any = field(default=None, repr=False)
     record: int = 0  # its number in the request (data records from 1), for the answer's "rejected"

@@ -73,10 +73,7 @@ def normalise_record(record: dict) -> NormalisedEvent:
     response = object_field(record, "response")
     status = enhanced_code(response.get("enhanced_code"))
     classification = text_field(record, "bounce_classification")
-    bounce_class = bounce_category = ""
-    if event_type is EventType.BOUNCED:
-        bounce_class = classify_bounce("", classification, status)
-        bounce_category = classification if classification and classification != "Uncategorized" else status
+    bounce_class = classify_bounce("", classification, status) if event_type is EventType.BOUNCED else ""
 
     headers = {str(k).lower(): v for k, v in object_field(record, "headers").items()}
     refs = message_refs(headers.get("message-id"), headers.get("x-mw-campaign-uid"), headers.get("x-mw-subscriber-uid"))
@@ -103,7 +100,6 @@ def normalise_record(record: dict) -> NormalisedEvent:
         remembers_refs=remembers,
         recipient_domain=recipient_domain(recipient),
         bounce_class=bounce_class,
-        bounce_category=bounce_category,
         async_bounce=async_bounce,
         raw=record,
     )

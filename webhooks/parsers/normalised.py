@@ -71,7 +71,6 @@ def normalise_record(record: dict) -> NormalisedEvent:
         remembers_refs=event_type is EventType.DELIVERED or (event_type is EventType.BOUNCED and not async_bounce),
         recipient_domain=recipient_domain(recipient),
         bounce_class=bounce_class,
-        bounce_category=bounce_class,
         async_bounce=async_bounce,
         raw=record,
         smtp_reply=response[:1000],

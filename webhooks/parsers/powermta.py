@@ -139,11 +139,7 @@ def _event(values: tuple[str, ...], raw: Any, record: int = 0) -> NormalisedEven
     else:
         ip, ip_field = dlv_ip.strip(), "dlvSourceIp"
 
-    bounce_class = bounce_category = ""
-    if event_type is _BOUNCED:
-        code = status_code(dsn_status)
-        bounce_class = classify_bounce(bounce_cat, "", code)
-        bounce_category = bounce_cat or code
+    bounce_class = classify_bounce(bounce_cat, "", status_code(dsn_status)) if event_type is _BOUNCED else ""
 
     refs = message_refs(message_id, campaign_uid, subscriber_uid)
     domain = recipient_domain(rcpt)
@@ -157,7 +153,7 @@ def _event(values: tuple[str, ...], raw: Any, record: int = 0) -> NormalisedEven
     )  # fmt: skip
     event = NormalisedEvent(
         SOURCE, event_type, occurred_at, key, ip, ip_field, vmta.strip(), refs, remembers, domain, bounce_class,
-        bounce_category, async_bounce, raw, record,
+        async_bounce, raw, record,
     )  # fmt: skip
     if event_type is _DEFERRED:
         # The reply the deferral classification reads: the remote diagnostic ("smtp;421 4.7.28 ...") and
