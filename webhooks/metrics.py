@@ -8,8 +8,6 @@ WEBHOOK_EVENTS = Counter(
     ["source", "outcome"],
 )
 
-OUTCOMES = ("accepted", "duplicate", "unattributed", "ignored", "rejected")
-
 
 def count_outcomes(source: str, **figures: int) -> None:
     """Add one request's figures (outcome=n); zeros are skipped."""
