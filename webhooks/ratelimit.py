@@ -4,8 +4,8 @@ each tenant, and for each MTA source.
 A fixed window per tenant and per minute of the clock, counted per request (a batch of a thousand
 records is one request) by the counter store, as a `Window` hit of the request's counting call: with
 Redis a key shared by every web process and host (``wp:rl:{t<tenant>}:<window>``), counted by the
-counting script in the same round trip as the events (a separate INCR on a cluster, or for a request
-with nothing to count); with the database store (the embedded default, one host) a count in the
+counting script in the same round trip as the events, a request with nothing to count included (a
+separate INCR on a cluster); with the database store (the embedded default, one host) a count in the
 process's memory. Over the limit the view answers 429 with `Retry-After` (the seconds left in the
 window) and nothing of the request is counted or kept, so that a well-behaved sender simply retries
 later. A limit of 0 or less turns the check off.
