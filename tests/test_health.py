@@ -1,9 +1,13 @@
-"""/healthz against the real PostgreSQL and Redis, a Redis on a closed port, and the filesystem broker."""
+"""/healthz against the real PostgreSQL and Redis, a Redis on a closed port, a Redis that may evict keys,
+and the filesystem broker."""
 
 import socket
 import time
 
 import pytest
+import redis
+
+from .support import OwnRedis, free_port
 
 
 def closed_port() -> int:
@@ -41,6 +45,38 @@ def test_redis_on_a_closed_port_is_a_503_naming_what_failed(client, db, settings
     assert body["counter_store"].startswith("error: ")
     assert "unreachable" in body["counter_store"]
     assert body["broker"].startswith("error: ")
+
+
+def test_a_redis_that_may_evict_keys_is_a_503_naming_its_policy(client, db, settings, tmp_path):
+    server = OwnRedis(tmp_path, free_port())
+    server.start()
+    try:
+        settings.REDIS_URL = settings.CELERY_BROKER_URL = server.url
+        settings.WARMUP_COUNTER_BACKEND = "redis"
+        own = redis.Redis.from_url(server.url)
+        own.config_set("maxmemory", "100mb")
+        own.config_set("maxmemory-policy", "allkeys-lru")
+
+        response = client.get("/healthz")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["counter_store"] == (
+            "error: CounterStoreUnavailable: Redis may evict keys (maxmemory 100.00M, maxmemory-policy allkeys-lru): "
+            "counts, de-duplication keys and message references would be lost; set maxmemory-policy noeviction"
+        )
+        assert body["database"] == body["broker"] == "ok"
+
+        own.config_set("maxmemory-policy", "noeviction")
+        assert client.get("/healthz").json()["counter_store"] == "ok"
+        own.config_set("maxmemory", "1")  # below what it holds already: every write is refused
+        full = client.get("/healthz").json()["counter_store"]
+        assert full.startswith("error: CounterStoreUnavailable: Redis is full (used_memory "), full
+        # Without a memory limit Redis never evicts, whatever its policy.
+        own.config_set("maxmemory-policy", "volatile-lru")
+        own.config_set("maxmemory", "0")
+        assert client.get("/healthz").status_code == 200
+    finally:
+        server.stop()
 
 
 def test_database_counters_and_filesystem_broker(client, db, settings, tmp_path):

@@ -269,6 +269,26 @@ def test_a_consolidation_with_no_finished_day_succeeds_and_leaves_today(db, on_c
     assert store.read(ip.pk, today)["sent"] == 3
 
 
+def test_healthz_names_a_cluster_node_that_may_evict_keys(client, db, on_cluster, settings):
+    settings.CELERY_BROKER_URL = "memory://"
+    assert client.get("/healthz").json()["counter_store"] == "ok"
+    node = on_cluster.get_primaries()[1]
+    own = redis.Redis(host=node.host, port=node.port)
+    own.config_set("maxmemory", "100mb")
+    own.config_set("maxmemory-policy", "volatile-lru")
+    try:
+        response = client.get("/healthz")
+        assert response.status_code == 503
+        assert response.json()["counter_store"].startswith(
+            f"error: CounterStoreUnavailable: Redis node {node.name} may evict keys (maxmemory 100.00M, "
+            "maxmemory-policy volatile-lru)"
+        )
+    finally:
+        own.config_set("maxmemory", "0")
+        own.config_set("maxmemory-policy", "noeviction")
+    assert client.get("/healthz").json()["counter_store"] == "ok"
+
+
 def test_a_retry_puts_back_an_index_entry_a_killed_process_never_wrote(client, db, on_cluster):
     tenant = TenantFactory(time_zone="UTC")
     ip = IPFactory(domain=DomainFactory(tenant=tenant), address="10.2.0.1")

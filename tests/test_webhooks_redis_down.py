@@ -1,8 +1,6 @@
-"""With the counter store down: 503, nothing counted, no dead letter; after it is back a retry counts once."""
+"""With the counter store down, or too full to write: 503, nothing counted, no dead letter; after it is back a
+retry counts once."""
 
-import socket
-import subprocess
-import time
 from datetime import date
 
 import pytest
@@ -12,51 +10,12 @@ from django.test import override_settings
 from warmup import counters
 from webhooks.models import DeadLetter
 
+from .support import OwnRedis, free_port
 from .webhooks_support import fixture_bytes, ips, nonzero, read, token, utc_tenant  # noqa: F401
 
 PMTA = "/api/v1/webhooks/powermta/"
 MW = "/api/v1/webhooks/mailwizz/"
 D23 = date(2026, 12, 23)
-
-
-def free_port(start: int = 6390) -> int:
-    for port in range(start, start + 100):
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) != 0:
-                return port
-    raise RuntimeError("no free port for a test Redis")
-
-
-class OwnRedis:
-    """A redis-server of the test's own, persisting to a temporary directory across restarts."""
-
-    def __init__(self, directory, port: int):
-        self.directory, self.port, self.process = directory, port, None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis.from_url(self.url)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("the test Redis did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
 
 
 def reset_clients() -> None:
@@ -102,3 +61,22 @@ def test_503_while_the_store_is_down_then_a_retry_counts_once(client, token, ips
     assert nonzero(read(ips["45.123.10.3"], D23)) == {
         "sent": 2, "delivered": 1, "bounced": 2, "bounced_hard": 2, "complaints": 1,
     }  # fmt: skip
+
+
+def test_503_while_redis_is_full_then_a_retry_counts_once(client, token, ips, own_redis):  # noqa: F811
+    own = redis.Redis.from_url(own_redis.url)
+    own.config_set("maxmemory-policy", "noeviction")
+    own.config_set("maxmemory", "1")  # below what it holds already: every write is refused
+    csv_body = fixture_bytes("powermta_acct.csv")
+
+    response = post(client, token, PMTA, csv_body, "text/csv")
+    assert response.status_code == 503
+    assert "nothing counted" in response.json()["error"]
+    assert response["Retry-After"] == "30"
+    assert not DeadLetter.objects.exists()
+
+    own.config_set("maxmemory", "0")
+    assert nonzero(read(ips["45.123.10.1"], D23)) == {}
+    assert post(client, token, PMTA, csv_body, "text/csv").json()["accepted"] == 6
+    assert post(client, token, PMTA, csv_body, "text/csv").json()["duplicates"] == 6
+    assert nonzero(read(ips["45.123.10.1"], D23)) == {"sent": 3, "delivered": 2, "bounced": 1, "bounced_hard": 1}

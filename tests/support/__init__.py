@@ -1,11 +1,15 @@
-"""Helpers for tests that run parts of the portal in real subprocesses (workers, crash tests)."""
+"""Helpers for tests that run parts of the portal, or a Redis of their own, in real subprocesses (workers,
+crash tests)."""
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import redis
 from django.conf import settings
 from django.db import connection
 
@@ -81,3 +85,43 @@ def make_store(backend: str, request):
         return RedisCounterStore(request.getfixturevalue("redis_client"))
     request.getfixturevalue("db")
     return DatabaseCounterStore()
+
+
+def free_port(start: int = 6390) -> int:
+    for port in range(start, start + 100):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise RuntimeError("no free port for a test Redis")
+
+
+class OwnRedis:
+    """A redis-server of the test's own, persisting to a temporary directory across restarts."""
+
+    def __init__(self, directory, port: int):
+        self.directory, self.port, self.process = directory, port, None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("the test Redis did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None

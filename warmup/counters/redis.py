@@ -109,7 +109,8 @@ def parse_day_key(key: str) -> tuple[int, date, str]:
 
 
 def _redis_reachable(method):
-    """Turn Redis connection failures into CounterStoreUnavailable, which callers answer or retry on."""
+    """Turn Redis connection failures, and a Redis too full to write, into CounterStoreUnavailable, which
+    callers answer (503) or retry on."""
 
     @wraps(method)
     def wrapper(*args, **kwargs):
@@ -117,6 +118,8 @@ def _redis_reachable(method):
             return method(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
+        except redis.exceptions.OutOfMemoryError as exc:  # maxmemory reached: Redis refuses every write
+            raise CounterStoreUnavailable(f"Redis is full: {exc}") from exc
 
     return wrapper
 
@@ -273,7 +276,25 @@ class RedisCounterStore(CounterStore):
 
     @_redis_reachable
     def ping(self) -> None:
-        self.client.ping()
+        # Nothing here may be evicted: a Redis that drops keys under memory pressure loses counts,
+        # de-duplication keys (a replay then counts twice) or message references, and says nothing.
+        # With no memory limit (maxmemory 0) it never evicts, whatever its policy.
+        targets = [{"target_nodes": node} for node in self.client.get_primaries()] if self.cluster else [{}]
+        for target in targets:
+            memory = self.client.info("memory", **target)
+            limit, policy = memory.get("maxmemory", 0), memory.get("maxmemory_policy", "noeviction")
+            where = f"Redis node {target['target_nodes'].name}" if target else "Redis"
+            if limit and policy != "noeviction":
+                raise CounterStoreUnavailable(
+                    f"{where} may evict keys (maxmemory {memory.get('maxmemory_human')}, maxmemory-policy "
+                    f"{policy}): counts, de-duplication keys and message references would be lost; set "
+                    "maxmemory-policy noeviction"
+                )
+            if limit and memory.get("used_memory", 0) >= limit:
+                raise CounterStoreUnavailable(
+                    f"{where} is full (used_memory {memory.get('used_memory_human')} of maxmemory "
+                    f"{memory.get('maxmemory_human')}): it refuses every write; raise maxmemory"
+                )
 
     @_redis_reachable
     def window(self, first: int, last: int) -> dict[tuple[int, str], WindowFigures]:
