@@ -13,8 +13,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import redis
 import yaml
 from django.conf import settings
+
+from .support import OwnRedis, free_port
 
 ROOT = Path(settings.BASE_DIR)
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -78,6 +81,21 @@ def test_databases_have_health_checks_and_redis_persists():
     assert redis_command[redis_command.index("--appendonly") + 1] == "yes"
     assert any(volume.endswith(":/data") for volume in SERVICES["redis"]["volumes"])
     assert "/healthz" in " ".join(SERVICES["web"]["healthcheck"]["test"])
+
+
+def test_the_compose_redis_never_evicts_and_frees_expired_keys_in_the_background(client, db, settings, tmp_path):
+    server = OwnRedis(tmp_path, free_port(), command=command_of("redis"))
+    server.start()
+    try:
+        own = redis.Redis.from_url(server.url)
+        assert own.config_get("appendonly") == {"appendonly": "yes"}
+        assert own.config_get("lazyfree-lazy-expire") == {"lazyfree-lazy-expire": "yes"}
+        own.config_set("maxmemory", "100mb")  # as a deployment that caps Redis's memory would
+        settings.REDIS_URL = settings.CELERY_BROKER_URL = server.url
+        settings.WARMUP_COUNTER_BACKEND = "redis"
+        assert client.get("/healthz").json() == {"database": "ok", "counter_store": "ok", "broker": "ok"}
+    finally:
+        server.stop()
 
 
 def test_app_services_wait_for_healthy_databases_and_finished_migrations():

@@ -96,10 +96,12 @@ def free_port(start: int = 6390) -> int:
 
 
 class OwnRedis:
-    """A redis-server of the test's own, persisting to a temporary directory across restarts."""
+    """A redis-server of the test's own, persisting to a temporary directory across restarts; `command`: the
+    server's command line without its port and directory (docker-compose.yml's, say)."""
 
-    def __init__(self, directory, port: int):
+    def __init__(self, directory, port: int, command: list[str] | None = None):
         self.directory, self.port, self.process = directory, port, None
+        self.command = command or ["redis-server", "--appendonly", "yes", "--appendfsync", "always", "--save", ""]
 
     @property
     def url(self) -> str:
@@ -107,10 +109,9 @@ class OwnRedis:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            [*self.command, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)],
             stdout=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         client = redis.Redis.from_url(self.url)
         for _ in range(100):
             try:
