@@ -1,5 +1,5 @@
-"""/healthz against the real PostgreSQL and Redis, a Redis on a closed port, a Redis that may evict keys,
-and the filesystem broker."""
+"""/healthz against the real PostgreSQL and Redis, a Redis on a closed port, a Redis that may evict keys, is
+full or is a replica, and the filesystem broker."""
 
 import socket
 import time
@@ -47,7 +47,7 @@ def test_redis_on_a_closed_port_is_a_503_naming_what_failed(client, db, settings
     assert body["broker"].startswith("error: ")
 
 
-def test_a_redis_that_may_evict_keys_is_a_503_naming_its_policy(client, db, settings, tmp_path):
+def test_a_redis_that_may_evict_keys_is_full_or_a_replica_is_a_503_naming_why(client, db, settings, tmp_path):
     server = OwnRedis(tmp_path, free_port())
     server.start()
     try:
@@ -75,6 +75,13 @@ def test_a_redis_that_may_evict_keys_is_a_503_naming_its_policy(client, db, sett
         own.config_set("maxmemory-policy", "volatile-lru")
         own.config_set("maxmemory", "0")
         assert client.get("/healthz").status_code == 200
+
+        primary = free_port(7390)
+        own.replicaof("127.0.0.1", primary)
+        assert client.get("/healthz").json()["counter_store"] == (
+            f"error: CounterStoreUnavailable: Redis is a read-only replica (of 127.0.0.1:{primary}): it refuses "
+            "every write; point REDIS_URL at the primary"
+        )
     finally:
         server.stop()
 

@@ -1,5 +1,5 @@
-"""With the counter store down, or too full to write: 503, nothing counted, no dead letter; after it is back a
-retry counts once."""
+"""With the counter store down, too full to write, or a read-only replica: 503, nothing counted, no dead letter;
+after it is back a retry counts once."""
 
 from datetime import date
 
@@ -80,3 +80,24 @@ def test_503_while_redis_is_full_then_a_retry_counts_once(client, token, ips, ow
     assert post(client, token, PMTA, csv_body, "text/csv").json()["accepted"] == 6
     assert post(client, token, PMTA, csv_body, "text/csv").json()["duplicates"] == 6
     assert nonzero(read(ips["45.123.10.1"], D23)) == {"sent": 3, "delivered": 2, "bounced": 1, "bounced_hard": 1}
+
+
+def test_503_while_redis_is_a_replica_then_new_connections_count_a_retry_once(client, token, ips, own_redis):  # noqa: F811
+    # A failover demotes the primary the web process is connected to.
+    own = redis.Redis.from_url(own_redis.url, client_name="probe")
+    ndjson = fixture_bytes("powermta_acct.ndjson")
+    assert post(client, token, PMTA, fixture_bytes("powermta_acct.csv"), "text/csv").json()["accepted"] == 6
+    portal = {c["id"] for c in own.client_list() if c["name"] != "probe"}
+    assert portal  # the portal's pooled connection
+    own.replicaof("127.0.0.1", free_port(7390))  # a primary that does not answer: it keeps its data
+
+    response = post(client, token, PMTA, ndjson, "application/x-ndjson")
+    assert response.status_code == 503
+    assert "nothing counted" in response.json()["error"]
+    assert not DeadLetter.objects.exists()
+    assert portal.isdisjoint(c["id"] for c in own.client_list())  # dropped: the next command connects anew
+
+    own.replicaof("no", "one")
+    assert nonzero(read(ips["45.123.10.3"], D23)) == {}
+    assert post(client, token, PMTA, ndjson, "application/x-ndjson").json()["accepted"] == 4
+    assert post(client, token, PMTA, ndjson, "application/x-ndjson").json()["duplicates"] == 4

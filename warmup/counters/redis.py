@@ -109,17 +109,24 @@ def parse_day_key(key: str) -> tuple[int, date, str]:
 
 
 def _redis_reachable(method):
-    """Turn Redis connection failures, and a Redis too full to write, into CounterStoreUnavailable, which
-    callers answer (503) or retry on."""
+    """Turn Redis connection failures, and a Redis that refuses writes (full, or a replica), into
+    CounterStoreUnavailable, which callers answer (503) or retry on."""
 
     @wraps(method)
-    def wrapper(*args, **kwargs):
+    def wrapper(self, *args, **kwargs):
         try:
-            return method(*args, **kwargs)
+            return method(self, *args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             raise CounterStoreUnavailable(f"Redis is unreachable: {exc}") from exc
         except redis.exceptions.OutOfMemoryError as exc:  # maxmemory reached: Redis refuses every write
             raise CounterStoreUnavailable(f"Redis is full: {exc}") from exc
+        except redis.exceptions.ReadOnlyError as exc:
+            # A primary demoted by a failover, while REDIS_URL's name now leads to the new one (a managed
+            # Redis's endpoint): drop the connections, so that the next command connects anew, as redis-py's
+            # own Sentinel connections do. (A cluster client follows the new primary by itself.)
+            if not self.cluster:
+                self.client.connection_pool.disconnect()
+            raise CounterStoreUnavailable(f"Redis is a read-only replica: {exc}") from exc
 
     return wrapper
 
@@ -276,25 +283,33 @@ class RedisCounterStore(CounterStore):
 
     @_redis_reachable
     def ping(self) -> None:
-        # Nothing here may be evicted: a Redis that drops keys under memory pressure loses counts,
-        # de-duplication keys (a replay then counts twice) or message references, and says nothing.
-        # With no memory limit (maxmemory 0) it never evicts, whatever its policy.
+        # Reachable is not enough: a replica refuses writes, a full Redis too, and a Redis that evicts keys
+        # under memory pressure loses counts, de-duplication keys (a replay then counts twice) or message
+        # references without a word. With no memory limit (maxmemory 0) it never evicts, whatever its policy.
         targets = [{"target_nodes": node} for node in self.client.get_primaries()] if self.cluster else [{}]
         for target in targets:
-            memory = self.client.info("memory", **target)
-            limit, policy = memory.get("maxmemory", 0), memory.get("maxmemory_policy", "noeviction")
-            where = f"Redis node {target['target_nodes'].name}" if target else "Redis"
-            if limit and policy != "noeviction":
-                raise CounterStoreUnavailable(
-                    f"{where} may evict keys (maxmemory {memory.get('maxmemory_human')}, maxmemory-policy "
-                    f"{policy}): counts, de-duplication keys and message references would be lost; set "
-                    "maxmemory-policy noeviction"
+            info = self.client.info(**target)  # every section: Redis before 7 takes one section at most
+            limit, policy = info.get("maxmemory", 0), info.get("maxmemory_policy", "noeviction")
+            if info.get("role", "master") != "master":
+                problem = (
+                    f"is a read-only replica (of {info.get('master_host')}:{info.get('master_port')}): it refuses "
+                    "every write; point REDIS_URL at the primary"
                 )
-            if limit and memory.get("used_memory", 0) >= limit:
-                raise CounterStoreUnavailable(
-                    f"{where} is full (used_memory {memory.get('used_memory_human')} of maxmemory "
-                    f"{memory.get('maxmemory_human')}): it refuses every write; raise maxmemory"
+            elif limit and policy != "noeviction":
+                problem = (
+                    f"may evict keys (maxmemory {info.get('maxmemory_human')}, maxmemory-policy {policy}): counts, "
+                    "de-duplication keys and message references would be lost; set maxmemory-policy noeviction"
                 )
+            elif limit and info.get("used_memory", 0) >= limit:
+                problem = (
+                    f"is full (used_memory {info.get('used_memory_human')} of maxmemory "
+                    f"{info.get('maxmemory_human')}): it refuses every write; raise maxmemory"
+                )
+            else:
+                continue
+            raise CounterStoreUnavailable(
+                f"Redis node {target['target_nodes'].name} {problem}" if target else f"Redis {problem}"
+            )
 
     @_redis_reachable
     def window(self, first: int, last: int) -> dict[tuple[int, str], WindowFigures]:
