@@ -255,8 +255,8 @@ class CounterStore:
         raise NotImplementedError
 
     def ping(self) -> None:
-        """Raise CounterStoreUnavailable when the store cannot be reached, is too full to write, or could lose
-        what it holds (a Redis that evicts keys when it reaches its memory limit)."""
+        """Raise CounterStoreUnavailable when the store cannot be reached, refuses writes (a full Redis, a
+        replica), or could lose what it holds (a Redis that evicts keys when it reaches its memory limit)."""
         raise NotImplementedError
 
     def window(self, first: int, last: int) -> dict[tuple[int, str], WindowFigures]:
