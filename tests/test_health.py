@@ -82,6 +82,18 @@ def test_a_redis_that_may_evict_keys_is_full_or_a_replica_is_a_503_naming_why(cl
             f"error: CounterStoreUnavailable: Redis is a read-only replica (of 127.0.0.1:{primary}): it refuses "
             "every write; point REDIS_URL at the primary"
         )
+        own.replicaof("no", "one")
+
+        # A deployment whose Redis user may not run INFO (ACL categories without @dangerous): reachable
+        # is all that can be checked.
+        own.acl_setuser("default", enabled=True, nopass=True, commands=["+@all", "-info"], keys=["*"], channels=["*"])
+        assert client.get("/healthz").json()["counter_store"] == "ok"
+        server.stop()
+        assert (
+            client.get("/healthz")
+            .json()["counter_store"]
+            .startswith("error: CounterStoreUnavailable: Redis is unreachable")
+        )
     finally:
         server.stop()
 

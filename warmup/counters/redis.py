@@ -288,7 +288,11 @@ class RedisCounterStore(CounterStore):
         # references without a word. With no memory limit (maxmemory 0) it never evicts, whatever its policy.
         targets = [{"target_nodes": node} for node in self.client.get_primaries()] if self.cluster else [{}]
         for target in targets:
-            info = self.client.info(**target)  # every section: Redis before 7 takes one section at most
+            try:
+                info = self.client.info(**target)  # every section: Redis before 7 takes one section at most
+            except redis.ResponseError:  # INFO refused (an ACL without @dangerous, a renamed command)
+                self.client.ping(**target)  # reachable, at least; its settings cannot be read
+                continue
             limit, policy = info.get("maxmemory", 0), info.get("maxmemory_policy", "noeviction")
             if info.get("role", "master") != "master":
                 problem = (
