@@ -208,7 +208,7 @@ def test_grafana_is_provisioned_with_a_dashboard_over_the_portal_series():
     expected = {
         "warmup_ip_daily_quota", "warmup_ip_sent_today", "warmup_ip_status", "warmup_ip_bounce_rate",
         "warmup_ip_complaint_rate", "warmup_webhook_events", "warmup_task_runs", "warmup_task_duration_seconds",
-        "warmup_counter_store_up",
+        "warmup_counter_store_up", "warmup_counter_store_healthy",
     }  # fmt: skip
     assert series == expected
     ids = [panel["id"] for panel in dashboard["panels"]]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 import time_machine
 from celery import shared_task
 from django.conf import settings
@@ -22,6 +23,7 @@ from warmup.counters import Increment, get_store
 from warmup.models import WarmupPlan
 
 from .factories import DailyStatFactory, DomainFactory, IPFactory, WarmupPlanFactory
+from .support import OwnRedis, free_port
 
 NOW = dt.datetime(2026, 12, 23, 15, 0, tzinfo=dt.UTC)
 TODAY = NOW.date()
@@ -79,6 +81,7 @@ def test_metrics_parse_and_carry_every_ip(client, inventory):
     assert found[("warmup_ip_complaint_rate", ip_labels(warming))] == pytest.approx(100 / 184, abs=1e-3)
     assert ("warmup_ip_bounce_rate", ip_labels(active)) not in found  # no consolidated day yet
     assert found[("warmup_counter_store_up", ())] == 1
+    assert found[("warmup_counter_store_healthy", ())] == 1
     families = {family.name for family in text_string_to_metric_families(response.content.decode())}
     assert {"warmup_webhook_events", "warmup_task_runs", "warmup_task_duration_seconds"} <= families
 
@@ -127,8 +130,28 @@ def test_metrics_still_answer_when_the_counter_store_is_down(client, tenant, set
     ip = IPFactory(tenant=tenant, domain=DomainFactory(tenant=tenant))
     found = samples(client.get("/metrics").content.decode())
     assert found[("warmup_counter_store_up", ())] == 0
+    assert found[("warmup_counter_store_healthy", ())] == 0
     assert ("warmup_ip_daily_quota", ip_labels(ip)) in found
     assert ("warmup_ip_sent_today", ip_labels(ip)) not in found
+
+
+def test_a_counter_store_that_answers_but_would_evict_keys_is_up_and_not_healthy(client, tenant, settings, tmp_path):
+    server = OwnRedis(tmp_path, free_port())
+    server.start()
+    try:
+        settings.REDIS_URL, settings.WARMUP_COUNTER_BACKEND = server.url, "redis"
+        IPFactory(tenant=tenant, domain=DomainFactory(tenant=tenant))
+        found = samples(client.get("/metrics").content.decode())
+        assert found[("warmup_counter_store_up", ())] == found[("warmup_counter_store_healthy", ())] == 1
+
+        own = redis.Redis.from_url(server.url)
+        own.config_set("maxmemory", "100mb")
+        own.config_set("maxmemory-policy", "allkeys-lru")
+        found = samples(client.get("/metrics").content.decode())
+        assert found[("warmup_counter_store_up", ())] == 1
+        assert found[("warmup_counter_store_healthy", ())] == 0
+    finally:
+        server.stop()
 
 
 @shared_task(name="tests.metrics_probe")

@@ -44,6 +44,7 @@ class WarmupCollector(Collector):
 
         from domains.models import IP
 
+        from . import health
         from .counters import CounterStoreUnavailable, get_store
         from .models import DailyStat
         from .providers import provider_quotas
@@ -75,6 +76,12 @@ class WarmupCollector(Collector):
             "warmup_ip_provider_suspended", "1 while the provider is suspended for the IP.", labels=provider_labels
         )
         store_up = GaugeMetricFamily("warmup_counter_store_up", "1 when the counter store answered this scrape.")
+        store_healthy = GaugeMetricFamily(
+            "warmup_counter_store_healthy",
+            "1 when the counter store passes /healthz's check: reachable, taking writes (not full, not a "
+            "replica) and not set to evict keys.",
+        )
+        store_healthy.add_metric([], 1 if health.check_counter_store() == "ok" else 0)
 
         last = DailyStat.objects.filter(ip=OuterRef("pk")).order_by("-date")
         ips = list(
@@ -118,7 +125,10 @@ class WarmupCollector(Collector):
             if ip.last_sent is not None:
                 bounce.add_metric(values_, _percent(ip.last_bounced, ip.last_sent))
                 complaint.add_metric(values_, _percent(ip.last_complaints, ip.last_delivered))
-        yield from (quota, sent, status, bounce, complaint, provider_quota, provider_sent, provider_suspended, store_up)
+        yield from (
+            quota, sent, status, bounce, complaint, provider_quota, provider_sent, provider_suspended, store_up,
+            store_healthy,
+        )  # fmt: skip
 
 
 def _percent(part: int | None, whole: int | None) -> float:
