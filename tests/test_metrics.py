@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from domains.models import IP
 from warmup import metrics
-from warmup.counters import Increment, get_store
+from warmup.counters import CounterStoreUnavailable, Increment, get_store
 from warmup.models import WarmupPlan
 
 from .factories import DailyStatFactory, DomainFactory, IPFactory, WarmupPlanFactory
@@ -133,6 +134,48 @@ def test_metrics_still_answer_when_the_counter_store_is_down(client, tenant, set
     assert found[("warmup_counter_store_healthy", ())] == 0
     assert ("warmup_ip_daily_quota", ip_labels(ip)) in found
     assert ("warmup_ip_sent_today", ip_labels(ip)) not in found
+
+
+class SilentServer:
+    """A TCP server that accepts connections and never answers (a hung Redis); counts the connections."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.accepted.append(self.sock.accept()[0])
+            except OSError:  # closed
+                return
+
+    def close(self):
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_a_hung_counter_store_is_waited_on_once_per_scrape(client, tenant, settings):
+    server = SilentServer()
+    try:
+        settings.REDIS_URL = f"redis://127.0.0.1:{server.port}/0?socket_timeout=0.2"
+        settings.WARMUP_COUNTER_BACKEND = "redis"
+        IPFactory(tenant=tenant, domain=DomainFactory(tenant=tenant))
+        # What one read of the live counts costs against this server (its connections, retries included):
+        with pytest.raises(CounterStoreUnavailable):
+            get_store().sent_by_provider([(1, TODAY)])
+        one_read = len(server.accepted)
+        assert one_read >= 1
+
+        found = samples(client.get("/metrics").content.decode())
+        assert found[("warmup_counter_store_up", ())] == found[("warmup_counter_store_healthy", ())] == 0
+        # The scrape gave up after that one read: it did not ask the hung store again for its health.
+        assert len(server.accepted) == 2 * one_read
+    finally:
+        server.close()
 
 
 def test_a_counter_store_that_answers_but_would_evict_keys_is_up_and_not_healthy(client, tenant, settings, tmp_path):

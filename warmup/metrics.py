@@ -81,7 +81,6 @@ class WarmupCollector(Collector):
             "1 when the counter store passes /healthz's check: reachable, taking writes (not full, not a "
             "replica) and not set to evict keys.",
         )
-        store_healthy.add_metric([], 1 if health.check_counter_store() == "ok" else 0)
 
         last = DailyStat.objects.filter(ip=OuterRef("pk")).order_by("-date")
         ips = list(
@@ -107,6 +106,8 @@ class WarmupCollector(Collector):
             # The other series are still worth having; the gap shows on warmup_counter_store_up.
             sent_today = None
             store_up.add_metric([], 0)
+        # Only a store that answered is asked again: a Redis that hangs would make the scrape wait twice.
+        store_healthy.add_metric([], 1 if sent_today is not None and health.check_counter_store() == "ok" else 0)
 
         for ip in ips:
             values_ = [ip.tenant.slug, ip.address, ip.domain.name]
