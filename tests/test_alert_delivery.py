@@ -4,6 +4,8 @@
   catch-up raises one alert per IP-day that sent over WARMUP_QUOTA_OVERRUN_FACTOR x its quota.
 - Consolidation failure: one alert per failing run (its retries included), the task still failing so
   that Celery retries it; with the database down, recorded by a real worker once the database is back.
+- Counter store unhealthy: the periodic check against a Redis of the test's own set to evict keys, and
+  against a closed port; once an hour while it lasts.
 - Unattributed spike: webhook posts whose dead letters reach the threshold within a window raise one
   alert per tenant and window.
 - Delivery: an admin action on 50 plans with Telegram down only queues 50 tasks; a real worker delivers
@@ -16,6 +18,7 @@ import datetime as dt
 import time
 
 import pytest
+import redis
 import time_machine
 from django.core.management import call_command
 from django.urls import reverse
@@ -26,6 +29,7 @@ from warmup import alerts, engine, tasks
 from warmup.models import Alert, WarmupPlan
 
 from .factories import DomainFactory, IPFactory, TenantFactory, make_member, plan_in_state
+from .support import OwnRedis, free_port
 from .telegram_support import TOKEN, closed_port, running_fake_telegram
 from .test_beat_e2e import celery_processes, wait_until
 from .test_reliability_failures import database_down
@@ -132,6 +136,64 @@ def test_with_the_database_down_the_failure_is_recorded_once_by_a_worker_when_it
     (alert,) = Alert.objects.all()
     assert alert.kind == Alert.Kind.CONSOLIDATION_FAILED and alert.figures["run"] == result.id
     assert len(texts_of(fake, "Consolidation failed")) == 1
+
+
+# --- Counter store unhealthy --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_redis(tmp_path, settings):
+    server = OwnRedis(tmp_path, free_port())
+    server.start()
+    settings.REDIS_URL, settings.WARMUP_COUNTER_BACKEND = server.url, "redis"
+    yield redis.Redis.from_url(server.url)
+    server.stop()
+
+
+def test_a_redis_set_to_evict_keys_raises_one_alert_an_hour_while_it_lasts(
+    fake_telegram, own_redis, db, django_capture_on_commit_callbacks
+):
+    with time_machine.travel(NOW, tick=False), django_capture_on_commit_callbacks(execute=True):
+        assert tasks.check_counter_store_task() == {"counter_store": "ok"}
+    assert not Alert.objects.exists()
+
+    own_redis.config_set("maxmemory", "100mb")
+    own_redis.config_set("maxmemory-policy", "allkeys-lru")
+    for minutes in (0, 5, 55):  # the schedule's runs within one hour: one alert
+        with time_machine.travel(NOW + dt.timedelta(minutes=minutes), tick=False):
+            with django_capture_on_commit_callbacks(execute=True):
+                status = tasks.check_counter_store_task()["counter_store"]
+        assert "maxmemory-policy allkeys-lru" in status
+    (alert,) = Alert.objects.filter(kind=Alert.Kind.COUNTER_STORE_UNHEALTHY)
+    assert alert.delivery == Alert.Delivery.SENT and alert.tenant is None
+    (text,) = texts_of(fake_telegram, "Counter store unhealthy")
+    assert "may evict keys" in text and "set maxmemory-policy noeviction" in text
+
+    with time_machine.travel(NOW + dt.timedelta(hours=1), tick=False), django_capture_on_commit_callbacks(execute=True):
+        tasks.check_counter_store_task()  # the next hour: a reminder
+    assert len(texts_of(fake_telegram, "Counter store unhealthy")) == 2
+
+    own_redis.config_set("maxmemory-policy", "noeviction")
+    with time_machine.travel(NOW + dt.timedelta(hours=2), tick=False), django_capture_on_commit_callbacks(execute=True):
+        assert tasks.check_counter_store_task() == {"counter_store": "ok"}
+    assert Alert.objects.filter(kind=Alert.Kind.COUNTER_STORE_UNHEALTHY).count() == 2
+
+
+@time_machine.travel(NOW, tick=False)
+def test_an_unreachable_counter_store_raises_the_alert(
+    fake_telegram, counter_store_down, db, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        result = tasks.check_counter_store_task.apply()
+    assert result.state == "SUCCESS" and "unreachable" in result.result["counter_store"]
+    (text,) = texts_of(fake_telegram, "Counter store unhealthy")
+    assert "Redis is unreachable" in text
+
+
+def test_the_counter_store_check_is_a_periodic_task_every_five_minutes(db):
+    task = PeriodicTask.objects.get(name="check-counter-store")
+    assert task.task == "warmup.check_counter_store" and task.enabled
+    assert (task.crontab.minute, task.crontab.hour) == ("*/5", "*")
 
 
 # --- Unattributed spike --------------------------------------------------------------------------------------

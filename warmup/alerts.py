@@ -14,7 +14,7 @@ import logging
 import uuid
 import zoneinfo
 from collections.abc import Iterable, Mapping
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 
 from celery import current_task
@@ -38,6 +38,7 @@ ICONS = {
     Alert.Kind.NEEDS_ATTENTION: "🛑",
     Alert.Kind.REWARMED: "🔁",
     Alert.Kind.CONSOLIDATION_FAILED: "❌",
+    Alert.Kind.COUNTER_STORE_UNHEALTHY: "🧯",
     Alert.Kind.UNATTRIBUTED_SPIKE: "❓",
     Alert.Kind.QUOTA_OVERRUN: "🚦",
     Alert.Kind.PROVIDER_PAUSED: "⏸",
@@ -359,6 +360,26 @@ def alert_consolidation_failed(error: BaseException | str, *, when: datetime | N
     except Exception:
         logger.exception("Could not queue the consolidation failure alert: %s", message)
     return None
+
+
+def alert_counter_store_unhealthy(error: BaseException | str, *, when: datetime | None = None) -> Alert | None:
+    """The counter store cannot take or keep counts (down, full, a replica, set to evict keys): the webhooks
+    answer 503, or Redis may drop counts without a word. One alert per clock hour while it lasts; None when
+    this hour had its alert."""
+    text = str(error) or type(error).__name__
+    when = when or timezone.now()
+    message = (
+        f"{ICONS[Alert.Kind.COUNTER_STORE_UNHEALTHY]} Counter store unhealthy: {text}. "
+        f"Repeated every hour while it lasts; /healthz shows the current state"
+    )
+    return raise_alert(
+        Alert.Kind.COUNTER_STORE_UNHEALTHY,
+        tenant=None,
+        message=message,
+        figures={"error": text[:1000]},
+        when=when,
+        dedup_key=f"counter_store_unhealthy:{when.astimezone(UTC):%Y-%m-%dT%H}",
+    )
 
 
 def raise_deferred(spec: Mapping) -> Alert | None:

@@ -324,6 +324,7 @@ class Alert(models.Model):
         NEEDS_ATTENTION = "needs_attention", "Needs attention"
         REWARMED = "rewarmed", "Re-warmed"
         CONSOLIDATION_FAILED = "consolidation_failed", "Consolidation failed"
+        COUNTER_STORE_UNHEALTHY = "counter_store_unhealthy", "Counter store unhealthy"
         UNATTRIBUTED_SPIKE = "unattributed_spike", "Unattributed spike"
         QUOTA_OVERRUN = "quota_overrun", "Quota overrun"
         PROVIDER_PAUSED = "provider_paused", "Provider paused"

@@ -15,7 +15,7 @@ from django.db import InterfaceError, OperationalError
 from domains.models import IP
 
 from . import alerts, consolidation, retention, telegram, throttling
-from .counters import CounterStoreUnavailable
+from .counters import CounterStoreUnavailable, get_store
 from .stats import record_stats
 
 RETRY = {
@@ -88,6 +88,18 @@ def check_provider_throttling_task() -> dict:
         "suspended": [[s.ip_id, s.provider] for s in report.suspended],
         "lifted": [[s.ip_id, s.provider] for s in report.lifted],
     }
+
+
+@shared_task(name="warmup.check_counter_store", **RETRY)
+def check_counter_store_task() -> dict:
+    """Alert when the counter store fails `/healthz`'s check: unreachable, refusing writes (full, a replica)
+    or set to evict keys (scheduled every 5 minutes)."""
+    try:
+        get_store().ping()
+    except Exception as exc:  # CounterStoreUnavailable, or a misconfigured backend: either is the alert
+        alerts.alert_counter_store_unhealthy(exc)
+        return {"counter_store": f"error: {exc}"}
+    return {"counter_store": "ok"}
 
 
 @shared_task(bind=True, name="warmup.deliver_alert", **RETRY)
