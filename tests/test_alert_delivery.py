@@ -5,7 +5,7 @@
 - Consolidation failure: one alert per failing run (its retries included), the task still failing so
   that Celery retries it; with the database down, recorded by a real worker once the database is back.
 - Counter store unhealthy: the periodic check against a Redis of the test's own set to evict keys, and
-  against a closed port; once an hour while it lasts.
+  against a closed port; again every hour while it lasts, and "healthy again" once it passes.
 - Unattributed spike: webhook posts whose dead letters reach the threshold within a window raise one
   alert per tenant and window.
 - Delivery: an admin action on 50 plans with Telegram down only queues 50 tasks; a real worker delivers
@@ -150,33 +150,43 @@ def own_redis(tmp_path, settings):
     server.stop()
 
 
-def test_a_redis_set_to_evict_keys_raises_one_alert_an_hour_while_it_lasts(
+def test_a_redis_set_to_evict_keys_is_reported_hourly_while_it_lasts_then_healthy_again(
     fake_telegram, own_redis, db, django_capture_on_commit_callbacks
 ):
-    with time_machine.travel(NOW, tick=False), django_capture_on_commit_callbacks(execute=True):
-        assert tasks.check_counter_store_task() == {"counter_store": "ok"}
-    assert not Alert.objects.exists()
+    def check(minutes: int) -> str:
+        with time_machine.travel(NOW + dt.timedelta(minutes=minutes), tick=False):
+            with django_capture_on_commit_callbacks(execute=True):
+                return tasks.check_counter_store_task()["counter_store"]
+
+    def unhealthy() -> list[str]:
+        return texts_of(fake_telegram, "Counter store unhealthy")
+
+    def healthy_again() -> list[str]:
+        return texts_of(fake_telegram, "Counter store healthy again")
+
+    assert check(0) == "ok" and not Alert.objects.exists()
 
     own_redis.config_set("maxmemory", "100mb")
     own_redis.config_set("maxmemory-policy", "allkeys-lru")
-    for minutes in (0, 5, 55):  # the schedule's runs within one hour: one alert
-        with time_machine.travel(NOW + dt.timedelta(minutes=minutes), tick=False):
-            with django_capture_on_commit_callbacks(execute=True):
-                status = tasks.check_counter_store_task()["counter_store"]
-        assert "maxmemory-policy allkeys-lru" in status
-    (alert,) = Alert.objects.filter(kind=Alert.Kind.COUNTER_STORE_UNHEALTHY)
-    assert alert.delivery == Alert.Delivery.SENT and alert.tenant is None
-    (text,) = texts_of(fake_telegram, "Counter store unhealthy")
+    for minutes in (0, 5, 55):  # the schedule's runs within an hour of the first: one alert
+        assert "maxmemory-policy allkeys-lru" in check(minutes)
+    (text,) = unhealthy()
     assert "may evict keys" in text and "set maxmemory-policy noeviction" in text
+    first = Alert.objects.get(kind=Alert.Kind.COUNTER_STORE_UNHEALTHY)
+    assert first.delivery == Alert.Delivery.SENT and first.tenant is None
 
-    with time_machine.travel(NOW + dt.timedelta(hours=1), tick=False), django_capture_on_commit_callbacks(execute=True):
-        tasks.check_counter_store_task()  # the next hour: a reminder
-    assert len(texts_of(fake_telegram, "Counter store unhealthy")) == 2
+    check(60)  # an hour on: a reminder
+    assert len(unhealthy()) == 2 and not healthy_again()
 
     own_redis.config_set("maxmemory-policy", "noeviction")
-    with time_machine.travel(NOW + dt.timedelta(hours=2), tick=False), django_capture_on_commit_callbacks(execute=True):
-        assert tasks.check_counter_store_task() == {"counter_store": "ok"}
-    assert Alert.objects.filter(kind=Alert.Kind.COUNTER_STORE_UNHEALTHY).count() == 2
+    assert check(70) == "ok" and check(75) == "ok"  # closed once
+    (text,) = healthy_again()
+    assert text.startswith("✅ Counter store healthy again after 1 h 10 min (unhealthy since 2027-01-20 12:00 UTC")
+
+    own_redis.config_set("maxmemory-policy", "volatile-lru")  # again, within the hour of the reminder
+    assert "volatile-lru" in check(80)
+    assert len(unhealthy()) == 3 and "volatile-lru" in unhealthy()[-1]
+    assert Alert.objects.filter(kind=Alert.Kind.COUNTER_STORE_UNHEALTHY).count() == 3
 
 
 @time_machine.travel(NOW, tick=False)

@@ -39,6 +39,7 @@ ICONS = {
     Alert.Kind.REWARMED: "🔁",
     Alert.Kind.CONSOLIDATION_FAILED: "❌",
     Alert.Kind.COUNTER_STORE_UNHEALTHY: "🧯",
+    Alert.Kind.COUNTER_STORE_RECOVERED: "✅",
     Alert.Kind.UNATTRIBUTED_SPIKE: "❓",
     Alert.Kind.QUOTA_OVERRUN: "🚦",
     Alert.Kind.PROVIDER_PAUSED: "⏸",
@@ -362,12 +363,21 @@ def alert_consolidation_failed(error: BaseException | str, *, when: datetime | N
     return None
 
 
+# A counter store that stays unhealthy is reported again after this long.
+COUNTER_STORE_REMINDER = timedelta(hours=1)
+
+
 def alert_counter_store_unhealthy(error: BaseException | str, *, when: datetime | None = None) -> Alert | None:
     """The counter store cannot take or keep counts (down, full, a replica, set to evict keys): the webhooks
-    answer 503, or Redis may drop counts without a word. One alert per clock hour while it lasts; None when
-    this hour had its alert."""
-    text = str(error) or type(error).__name__
+    answer 503, or Redis may drop counts without a word. Once when it starts, then once an hour while it
+    lasts; None when no alert is due."""
     when = when or timezone.now()
+    last = _last_counter_store_alert(when)
+    ongoing = last is not None and last.kind == Alert.Kind.COUNTER_STORE_UNHEALTHY
+    if ongoing and when - last.created_at < COUNTER_STORE_REMINDER:
+        return None
+    text = str(error) or type(error).__name__
+    since = last.figures["since"] if ongoing else when.isoformat()
     message = (
         f"{ICONS[Alert.Kind.COUNTER_STORE_UNHEALTHY]} Counter store unhealthy: {text}. "
         f"Repeated every hour while it lasts; /healthz shows the current state"
@@ -376,10 +386,50 @@ def alert_counter_store_unhealthy(error: BaseException | str, *, when: datetime 
         Alert.Kind.COUNTER_STORE_UNHEALTHY,
         tenant=None,
         message=message,
-        figures={"error": text[:1000]},
+        figures={"error": text[:1000], "since": since},
         when=when,
-        dedup_key=f"counter_store_unhealthy:{when.astimezone(UTC):%Y-%m-%dT%H}",
+        # Two checks in the same minute (two beats by mistake): one alert.
+        dedup_key=f"counter_store_unhealthy:{when.astimezone(UTC):%Y-%m-%dT%H:%M}",
     )
+
+
+def alert_counter_store_recovered(*, when: datetime | None = None) -> Alert | None:
+    """The counter store passes its check again after an "unhealthy" alert; None when none is open."""
+    when = when or timezone.now()
+    last = _last_counter_store_alert(when)
+    if last is None or last.kind != Alert.Kind.COUNTER_STORE_UNHEALTHY:
+        return None
+    since = datetime.fromisoformat(last.figures["since"])
+    message = (
+        f"{ICONS[Alert.Kind.COUNTER_STORE_RECOVERED]} Counter store healthy again after {_duration(when - since)} "
+        f"(unhealthy since {since.astimezone(UTC):%Y-%m-%d %H:%M} UTC: {last.figures['error']})"
+    )
+    return raise_alert(
+        Alert.Kind.COUNTER_STORE_RECOVERED,
+        tenant=None,
+        message=message,
+        figures={"since": since.isoformat()},
+        when=when,
+        dedup_key=f"counter_store_recovered:{last.pk}",
+    )
+
+
+def _last_counter_store_alert(when: datetime) -> Alert | None:
+    """The latest "unhealthy" or "healthy again" alert of the last two hours: an unhealthy store is reported
+    every hour, so an older one is closed (or its checks stopped running)."""
+    return (
+        Alert.objects.filter(
+            kind__in=(Alert.Kind.COUNTER_STORE_UNHEALTHY, Alert.Kind.COUNTER_STORE_RECOVERED),
+            created_at__gt=when - 2 * COUNTER_STORE_REMINDER,
+        )
+        .order_by("-created_at", "-id")
+        .first()
+    )
+
+
+def _duration(span: timedelta) -> str:
+    minutes = max(1, round(span.total_seconds() / 60))
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
 
 
 def raise_deferred(spec: Mapping) -> Alert | None:

@@ -325,6 +325,7 @@ class Alert(models.Model):
         REWARMED = "rewarmed", "Re-warmed"
         CONSOLIDATION_FAILED = "consolidation_failed", "Consolidation failed"
         COUNTER_STORE_UNHEALTHY = "counter_store_unhealthy", "Counter store unhealthy"
+        COUNTER_STORE_RECOVERED = "counter_store_recovered", "Counter store healthy again"
         UNATTRIBUTED_SPIKE = "unattributed_spike", "Unattributed spike"
         QUOTA_OVERRUN = "quota_overrun", "Quota overrun"
         PROVIDER_PAUSED = "provider_paused", "Provider paused"

@@ -93,12 +93,13 @@ def check_provider_throttling_task() -> dict:
 @shared_task(name="warmup.check_counter_store", **RETRY)
 def check_counter_store_task() -> dict:
     """Alert when the counter store fails `/healthz`'s check: unreachable, refusing writes (full, a replica)
-    or set to evict keys (scheduled every 5 minutes)."""
+    or set to evict keys; and when it passes again (scheduled every 5 minutes)."""
     try:
         get_store().ping()
     except Exception as exc:  # CounterStoreUnavailable, or a misconfigured backend: either is the alert
         alerts.alert_counter_store_unhealthy(exc)
         return {"counter_store": f"error: {exc}"}
+    alerts.alert_counter_store_recovered()
     return {"counter_store": "ok"}
 
 

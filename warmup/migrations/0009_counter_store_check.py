@@ -1,4 +1,5 @@
-"""The "Counter store unhealthy" alert, and the periodic task that raises it (every 5 minutes)."""
+"""The "Counter store unhealthy" and "healthy again" alerts, and the periodic task that raises them (every 5
+minutes)."""
 
 from django.db import migrations, models
 
@@ -14,8 +15,8 @@ def create_periodic_task(apps, schema_editor):
         task="warmup.check_counter_store",
         minute="*/5",
         hour="*",
-        description="Alerts (once an hour while it lasts) when the counter store is unreachable, refuses "
-        "writes (full, a replica) or may evict keys.",
+        description="Alerts when the counter store is unreachable, refuses writes (full, a replica) or may evict "
+        "keys (again every hour while it lasts), and when it is healthy again.",
     )
 
 
@@ -43,6 +44,7 @@ class Migration(migrations.Migration):
                     ("rewarmed", "Re-warmed"),
                     ("consolidation_failed", "Consolidation failed"),
                     ("counter_store_unhealthy", "Counter store unhealthy"),
+                    ("counter_store_recovered", "Counter store healthy again"),
                     ("unattributed_spike", "Unattributed spike"),
                     ("quota_overrun", "Quota overrun"),
                     ("provider_paused", "Provider paused"),
