@@ -177,6 +177,7 @@ def test_a_redis_set_to_evict_keys_is_reported_hourly_while_it_lasts_then_health
 
     check(60)  # an hour on: a reminder
     assert len(unhealthy()) == 2 and not healthy_again()
+    assert unhealthy()[-1].startswith("🧯 Counter store unhealthy (for 1 h 00 min): Redis may evict keys")
 
     own_redis.config_set("maxmemory-policy", "noeviction")
     assert check(70) == "ok" and check(75) == "ok"  # closed once
@@ -197,7 +198,8 @@ def test_an_unreachable_counter_store_raises_the_alert(
         result = tasks.check_counter_store_task.apply()
     assert result.state == "SUCCESS" and "unreachable" in result.result["counter_store"]
     (text,) = texts_of(fake_telegram, "Counter store unhealthy")
-    assert "Redis is unreachable" in text
+    assert text.startswith("🧯 Counter store unhealthy: Redis is unreachable: Error 111 connecting to 127.0.0.1:")
+    assert text.endswith("Connection refused. Repeated every hour while it lasts; /healthz shows the current state")
 
 
 def test_the_counter_store_check_is_a_periodic_task_every_five_minutes(db):

@@ -376,10 +376,11 @@ def alert_counter_store_unhealthy(error: BaseException | str, *, when: datetime 
     ongoing = last is not None and last.kind == Alert.Kind.COUNTER_STORE_UNHEALTHY
     if ongoing and when - last.created_at < COUNTER_STORE_REMINDER:
         return None
-    text = str(error) or type(error).__name__
+    text = str(error).rstrip(".") or type(error).__name__
     since = last.figures["since"] if ongoing else when.isoformat()
+    lasting = f" (for {_duration(when - datetime.fromisoformat(since))})" if ongoing else ""
     message = (
-        f"{ICONS[Alert.Kind.COUNTER_STORE_UNHEALTHY]} Counter store unhealthy: {text}. "
+        f"{ICONS[Alert.Kind.COUNTER_STORE_UNHEALTHY]} Counter store unhealthy{lasting}: {text}. "
         f"Repeated every hour while it lasts; /healthz shows the current state"
     )
     return raise_alert(
