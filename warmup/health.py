@@ -28,14 +28,21 @@ def check_database() -> str:
     return "ok"
 
 
-def check_counter_store() -> str:
+def counter_store_failure() -> Exception | None:
+    """Why the counter store fails its check (unreachable, refusing writes, set to evict keys); None when
+    it passes. The `/healthz` answer, the metrics' gauge and the periodic alert all ask this."""
     from .counters import get_store
 
     try:
         get_store().ping()
     except Exception as exc:  # CounterStoreUnavailable, or a misconfigured backend
-        return _error(exc)
-    return "ok"
+        return exc
+    return None
+
+
+def check_counter_store() -> str:
+    failure = counter_store_failure()
+    return "ok" if failure is None else _error(failure)
 
 
 def check_broker() -> str:

@@ -107,7 +107,7 @@ class WarmupCollector(Collector):
             sent_today = None
             store_up.add_metric([], 0)
         # Only a store that answered is asked again: a Redis that hangs would make the scrape wait twice.
-        store_healthy.add_metric([], 1 if sent_today is not None and health.check_counter_store() == "ok" else 0)
+        store_healthy.add_metric([], 1 if sent_today is not None and health.counter_store_failure() is None else 0)
 
         for ip in ips:
             values_ = [ip.tenant.slug, ip.address, ip.domain.name]

@@ -14,8 +14,8 @@ from django.db import InterfaceError, OperationalError
 
 from domains.models import IP
 
-from . import alerts, consolidation, retention, telegram, throttling
-from .counters import CounterStoreUnavailable, get_store
+from . import alerts, consolidation, health, retention, telegram, throttling
+from .counters import CounterStoreUnavailable
 from .stats import record_stats
 
 RETRY = {
@@ -94,11 +94,10 @@ def check_provider_throttling_task() -> dict:
 def check_counter_store_task() -> dict:
     """Alert when the counter store fails `/healthz`'s check: unreachable, refusing writes (full, a replica)
     or set to evict keys; and when it passes again (scheduled every 5 minutes)."""
-    try:
-        get_store().ping()
-    except Exception as exc:  # CounterStoreUnavailable, or a misconfigured backend: either is the alert
-        alerts.alert_counter_store_unhealthy(exc)
-        return {"counter_store": f"error: {exc}"}
+    failure = health.counter_store_failure()
+    if failure is not None:
+        alerts.alert_counter_store_unhealthy(failure)
+        return {"counter_store": f"error: {failure}"}
     alerts.alert_counter_store_recovered()
     return {"counter_store": "ok"}
 
