@@ -44,16 +44,17 @@ def add_records(batch: Batch, records: Iterable[Any], normalise: Callable[[dict]
     """Normalise decoded JSON records into the batch, one outcome per record."""
     for record in records:
         batch.records += 1
-        if not isinstance(record, dict):
-            batch.rejected.append(
-                Rejection(batch.records, f"record is a JSON {json_type(record)}, expected an object", record)
-            )
-            continue
         add_one(batch, record, normalise)
     return batch
 
 
-def add_one(batch: Batch, record: dict, normalise: Callable[[dict], NormalisedEvent]) -> None:
+def add_one(batch: Batch, record: Any, normalise: Callable[[dict], NormalisedEvent]) -> None:
+    """Normalise one decoded record (numbered `batch.records`): an event, an ignored record or a rejection."""
+    if not isinstance(record, dict):
+        batch.rejected.append(
+            Rejection(batch.records, f"record is a JSON {json_type(record)}, expected an object", record)
+        )
+        return
     try:
         event = normalise(record)
     except Ignored:
@@ -101,11 +102,6 @@ def parse_ndjson(body: bytes, batch: Batch, normalise: Callable[[dict], Normalis
             batch.rejected.append(Rejection(batch.records, f"not valid JSON: {exc}"[:300], {"line": text}))
             continue
         readable = True
-        if not isinstance(record, dict):
-            batch.rejected.append(
-                Rejection(batch.records, f"record is a JSON {json_type(record)}, expected an object", record)
-            )
-            continue
         add_one(batch, record, normalise)
     if not readable:
         raise UnparseableBody("body is not valid JSON or NDJSON (no line holds a JSON value)")
