@@ -173,6 +173,8 @@ def test_ndjson_bad_lines_are_rejected_records():
     batch = parse_body(f"{line}\nnot json\n[1]\n".encode(), "application/x-ndjson")
     assert len(batch.events) == 1
     assert [r.record for r in batch.rejected] == [2, 3]
+    assert batch.rejected[0].error.startswith("not valid JSON: ")
+    assert (batch.rejected[1].error, batch.rejected[1].raw) == ("record is a JSON array, expected an object", [1])
 
 
 @pytest.mark.parametrize("body", [b"not json", b"{", b""])
