@@ -20,7 +20,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -60,7 +60,13 @@ class IngestResult:
     rejected: list[dict] = field(default_factory=list)
 
     def as_json(self) -> dict:
-        return asdict(self)  # the fields in the answer's order
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "unattributed": self.unattributed,
+            "ignored": self.ignored,
+            "rejected": self.rejected,
+        }
 
     def add(self, other: IngestResult) -> None:
         self.accepted += other.accepted
