@@ -13,7 +13,8 @@ from django.db import connection
 BROKER_TIMEOUT_SECONDS = 2.0
 
 
-def _error(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """A failed check's answer: "error: <exception class>: <message on one line>", at most 300 characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"error: {type(exc).__name__}: {text}"[:300]
 
@@ -24,7 +25,7 @@ def check_database() -> str:
             cursor.execute("SELECT 1")
             cursor.fetchone()
     except Exception as exc:  # any failure is the answer, not a 500
-        return _error(exc)
+        return error_text(exc)
     return "ok"
 
 
@@ -42,7 +43,7 @@ def counter_store_failure() -> Exception | None:
 
 def check_counter_store() -> str:
     failure = counter_store_failure()
-    return "ok" if failure is None else _error(failure)
+    return "ok" if failure is None else error_text(failure)
 
 
 def check_broker() -> str:
@@ -55,7 +56,7 @@ def check_broker() -> str:
         with Connection(url, connect_timeout=BROKER_TIMEOUT_SECONDS) as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=BROKER_TIMEOUT_SECONDS)
     except Exception as exc:  # OperationalError and transport errors
-        return _error(exc)
+        return error_text(exc)
     return "ok"
 
 

@@ -97,7 +97,7 @@ def check_counter_store_task() -> dict:
     failure = health.counter_store_failure()
     if failure is not None:
         alerts.alert_counter_store_unhealthy(failure)
-        return {"counter_store": f"error: {failure}"}
+        return {"counter_store": health.error_text(failure)}  # as /healthz answers
     alerts.alert_counter_store_recovered()
     return {"counter_store": "ok"}
 
